@@ -1,0 +1,240 @@
+/**
+ * Fernet (spec version 0x80) on node:crypto: AES-128-CBC, PKCS#7, HMAC-SHA256, base64url.
+ *
+ * Rules:
+ * - Every failure of a token (base64, version, length, TTL, MAC, padding) is the same opaque
+ *   invalid_token error: nothing tells which check failed.
+ * - The TTL is checked before the MAC; the MAC is compared with timingSafeEqual before any
+ *   decryption.
+ * - Speed without per-token objects: each key keeps one long AES-CBC stream per direction. A
+ *   token's IV is folded into its first block (block ^ IV ^ last block of the stream), which
+ *   gives exactly the ciphertext of a fresh CBC with that IV. The HMAC is two one-shot SHA-256
+ *   calls over `ipad || data` and `opad || inner`. IVs come from a pooled CSPRNG buffer.
+ *   All of this state is used synchronously, so one thread never interleaves two tokens.
+ */
+import { createCipheriv, createDecipheriv, createHash, hash, randomFillSync, timingSafeEqual } from 'node:crypto';
+import type { Cipher, Decipher } from 'node:crypto';
+import { inspect } from 'node:util';
+import { invalidToken } from './errors.js';
+
+const VERSION = 0x80;
+const HEADER = 25; // version (1) + timestamp (8) + IV (16)
+const MAC = 32;
+const OVERHEAD = HEADER + MAC;
+const BLOCK = 16;
+const HMAC_BLOCK = 64;
+/** The reference implementations' tolerance for timestamps from the future, in seconds. */
+export const MAX_CLOCK_SKEW = 60;
+const PADDING = ['', '==', '='];
+const KEY_ID_CONTEXT = 'crypt key id v1\0';
+
+/** Seconds since the epoch, as Fernet timestamps count them. */
+export const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+
+/** Characters of the padded base64url token for a message of `length` bytes. */
+export function tokenLength(length: number): number {
+  const bytes = OVERHEAD + (Math.floor(length / BLOCK) + 1) * BLOCK;
+  return Math.ceil(bytes / 3) * 4;
+}
+
+/** Largest message a token of `chars` characters can hold (an upper bound). */
+export function maxMessageLength(chars: number): number {
+  return Math.max(0, Math.floor((chars * 3) / 4) - OVERHEAD - 1);
+}
+
+let ivPool = Buffer.alloc(0);
+let ivPos = 0;
+
+function writeIv(dst: Buffer, offset: number): void {
+  if (ivPos + BLOCK > ivPool.length) {
+    ivPool = randomFillSync(Buffer.allocUnsafeSlow(4096));
+    ivPos = 0;
+  }
+  ivPool.copy(dst, offset, ivPos, ivPos + BLOCK);
+  ivPos += BLOCK;
+}
+
+let scratch = Buffer.allocUnsafeSlow(4096);
+const SCRATCH_MAX = 64 * 1024;
+
+/** A buffer of at least n bytes: the shared scratch when small, a fresh one when large. */
+function workspace(n: number): Buffer {
+  if (n > SCRATCH_MAX) return Buffer.allocUnsafe(n);
+  if (n > scratch.length) scratch = Buffer.allocUnsafeSlow(SCRATCH_MAX);
+  return scratch;
+}
+
+const outer = Buffer.allocUnsafeSlow(HMAC_BLOCK + 32);
+
+/** A Fernet key: a 128-bit signing key and a 128-bit encryption key, with a non-secret id. */
+export class FernetKey {
+  /** A short public fingerprint of the key: hex of a domain-separated SHA-256, never the key. */
+  readonly id: string;
+  readonly #secret: Buffer;
+  readonly #ipad: Buffer;
+  readonly #opad: Buffer;
+  readonly #enc: Cipher;
+  readonly #dec: Decipher;
+  #encChain: Buffer = Buffer.alloc(BLOCK);
+  readonly #decChain: Buffer = Buffer.alloc(BLOCK);
+
+  private constructor(secret: Buffer) {
+    this.#secret = secret;
+    const signing = secret.subarray(0, 16);
+    const encryption = secret.subarray(16, 32);
+    this.#ipad = Buffer.alloc(HMAC_BLOCK, 0x36);
+    this.#opad = Buffer.alloc(HMAC_BLOCK, 0x5c);
+    for (let i = 0; i < signing.length; i++) {
+      this.#ipad[i]! ^= signing[i]!;
+      this.#opad[i]! ^= signing[i]!;
+    }
+    this.#enc = createCipheriv('aes-128-cbc', encryption, this.#encChain).setAutoPadding(false);
+    this.#dec = createDecipheriv('aes-128-cbc', encryption, this.#decChain).setAutoPadding(false);
+    this.id = createHash('sha256').update(KEY_ID_CONTEXT).update(secret).digest('hex').slice(0, 12);
+  }
+
+  /** A new key from the CSPRNG. */
+  static generate(): FernetKey {
+    return new FernetKey(randomFillSync(Buffer.alloc(32)));
+  }
+
+  /** Parses a key in Fernet's format (base64url of 32 bytes); the error never shows the key. */
+  static from(text: string): FernetKey {
+    const bytes = Buffer.alloc(32);
+    if (decodeBase64url(text.trim(), bytes, 0) !== 32) {
+      throw new TypeError('not a Fernet key: expected 44 characters of base64url encoding 32 bytes');
+    }
+    return new FernetKey(bytes);
+  }
+
+  /** The key in Fernet's format. This is the secret: never log it. */
+  export(): string {
+    return this.#secret.toString('base64url') + '=';
+  }
+
+  /** Encrypts a message now with a fresh IV. */
+  encrypt(message: Uint8Array, time: number = nowSeconds()): string {
+    return this.encryptWith(message, time, null);
+  }
+
+  /** Encrypts with a given timestamp and IV (null: a fresh one): the seam for the spec vectors. */
+  encryptWith(message: Uint8Array, time: number, iv: Uint8Array | null): string {
+    const length = message.length;
+    const padded = (Math.floor(length / BLOCK) + 1) * BLOCK;
+    const size = OVERHEAD + padded;
+    const buf = workspace(HMAC_BLOCK + size + padded);
+    // layout: [ipad 64][version ts iv ciphertext mac][plaintext staging]
+    const t = HMAC_BLOCK;
+    buf[t] = VERSION;
+    buf.writeUInt32BE(Math.floor(time / 0x100000000), t + 1);
+    buf.writeUInt32BE(time >>> 0, t + 5);
+    if (iv) buf.set(iv.subarray(0, BLOCK), t + 9);
+    else writeIv(buf, t + 9);
+    const pt = buf.subarray(t + size, t + size + padded);
+    pt.set(message);
+    pt.fill(padded - length, length);
+    const chain = this.#encChain;
+    for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
+    const ct = this.#enc.update(pt);
+    this.#encChain = ct.subarray(padded - BLOCK);
+    ct.copy(buf, t + HEADER);
+    this.#mac(buf, t + HEADER + padded, buf, t + HEADER + padded);
+    return buf.toString('base64url', t, t + size) + PADDING[size % 3];
+  }
+
+  /** HMAC of buf[64, end) into out[at, at + 32); buf[0, 64) is overwritten with this key's ipad. */
+  #mac(buf: Buffer, end: number, out: Buffer, at: number): void {
+    this.#ipad.copy(buf, 0);
+    const inner = hash('sha256', buf.subarray(0, end), 'buffer') as unknown as Buffer;
+    this.#opad.copy(outer, 0);
+    inner.copy(outer, HMAC_BLOCK);
+    (hash('sha256', outer, 'buffer') as unknown as Buffer).copy(out, at);
+  }
+
+  /** True when the MAC of the decoded token in buf[64, 64 + size) verifies under this key. */
+  #verify(buf: Buffer, size: number): boolean {
+    const end = HMAC_BLOCK + size - MAC;
+    this.#mac(buf, end, outer, 0);
+    return timingSafeEqual(outer.subarray(0, MAC), buf.subarray(end, end + MAC));
+  }
+
+  /** Decrypts the verified token in buf[64, 64 + size); throws invalid_token on bad padding. */
+  #open(buf: Buffer, size: number): Buffer {
+    const t = HMAC_BLOCK;
+    const ct = buf.subarray(t + HEADER, t + size - MAC);
+    const pt = this.#dec.update(ct);
+    const chain = this.#decChain;
+    for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
+    ct.copy(chain, 0, ct.length - BLOCK);
+    const pad = pt[pt.length - 1]!;
+    let bad = pad === 0 || pad > BLOCK ? 1 : 0;
+    for (let i = 1; i <= BLOCK && !bad; i++) if (i <= pad && pt[pt.length - i] !== pad) bad = 1;
+    if (bad) throw invalidToken();
+    return pt.subarray(0, pt.length - pad);
+  }
+
+  /** Verifies and decrypts with the first key whose MAC matches; see decrypt(). */
+  static open(keys: readonly FernetKey[], buf: Buffer, size: number): { plaintext: Buffer; key: FernetKey } {
+    for (const key of keys) {
+      if (key.#verify(buf, size)) return { plaintext: key.#open(buf, size), key };
+    }
+    throw invalidToken();
+  }
+
+  [inspect.custom](): string {
+    return `FernetKey(${this.id})`;
+  }
+
+  toJSON(): { id: string } {
+    return { id: this.id };
+  }
+}
+
+/** What a successful decryption gives: the message, the token's timestamp and the key that opened it. */
+export interface Opened {
+  plaintext: Buffer;
+  timestamp: number;
+  key: FernetKey;
+}
+
+/** Options of a decryption: a maximum age in seconds, and the clock (for tests). */
+export interface DecryptOptions {
+  ttl?: number | undefined;
+  now?: number | undefined;
+}
+
+/**
+ * Decodes strict base64url (optionally padded) into out at offset; the decoded length, or -1.
+ * Node's decoder skips foreign characters and stops at '=', which the length check catches;
+ * it also takes '+' and '/', which are refused here.
+ */
+function decodeBase64url(text: string, out: Buffer, offset: number): number {
+  const length = text.length;
+  let end = length;
+  if (end > 0 && text.charCodeAt(end - 1) === 61) end--;
+  if (end > 0 && text.charCodeAt(end - 1) === 61) end--;
+  if ((end !== length && length % 4 !== 0) || end % 4 === 1) return -1;
+  const expected = (end * 3) >>> 2;
+  if (out.length - offset < expected) return -1;
+  if (text.indexOf('+') !== -1 || text.indexOf('/') !== -1) return -1;
+  return out.write(text, offset, expected, 'base64url') === expected ? expected : -1;
+}
+
+/**
+ * Verifies and decrypts a token with the first key whose MAC matches (keys in order, newest
+ * first), as MultiFernet does. Throws the one invalid_token error on any failure.
+ */
+export function decrypt(keys: readonly FernetKey[], token: string | Uint8Array, options: DecryptOptions = {}): Opened {
+  const text = typeof token === 'string' ? token : Buffer.from(token.buffer, token.byteOffset, token.length).toString('latin1');
+  const buf = workspace(HMAC_BLOCK + Math.ceil((text.length * 3) / 4) + 3);
+  const size = decodeBase64url(text, buf, HMAC_BLOCK);
+  if (size < OVERHEAD + BLOCK || (size - OVERHEAD) % BLOCK !== 0 || buf[HMAC_BLOCK] !== VERSION) throw invalidToken();
+  const timestamp = buf.readUInt32BE(HMAC_BLOCK + 1) * 0x100000000 + buf.readUInt32BE(HMAC_BLOCK + 5);
+  const { ttl } = options;
+  if (ttl !== undefined) {
+    const now = options.now ?? nowSeconds();
+    if (timestamp + ttl < now || now + MAX_CLOCK_SKEW < timestamp) throw invalidToken();
+  }
+  const { plaintext, key } = FernetKey.open(keys, buf, size);
+  return { plaintext, timestamp, key };
+}
