@@ -3,8 +3,8 @@
  * default message. Both transports render errors from this table; neither invents codes.
  *
  * Rules: messages never contain a payload, plaintext, token, key or secret; they may carry a
- * detail built by the service from sizes, names and limits only. Messages never contain '#'
- * or a line break, so they fit the TCP error frame.
+ * detail built by the service from sizes, names and limits only. Messages never contain a line
+ * break, so they fit the TCP error frame (whose message runs to the line's last '#').
  */
 
 /** Every entry of the catalogue, keyed by its stable code. */

@@ -1,0 +1,180 @@
+/**
+ * Access control: who may run which operation.
+ *
+ * Rules:
+ * - Access tokens live in a file, one `<role> <secret>` per line, the secret in clear or as
+ *   `sha256:<hex>`. Only SHA-256 digests are kept in memory; a presented secret is hashed and
+ *   compared with every entry in constant time (no early exit).
+ * - With tokens configured, every data operation needs a role; `user` may run the data
+ *   operations, `admin` everything. With none configured, loopback clients are admins and
+ *   others (reachable only with --insecure) are users.
+ * - `--no-get-key` refuses key export to everyone.
+ * - The file is reloaded when it changes; a change that fails to load keeps the tokens in force.
+ */
+import { EventEmitter } from 'node:events';
+import { promises as fs, watchFile, unwatchFile } from 'node:fs';
+import type { Stats } from 'node:fs';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { CryptError } from './errors.js';
+import { FileError, checkPrivate } from './files.js';
+
+/** A role an access token grants. */
+export type Role = 'user' | 'admin';
+
+/** The operations, as the transports name them. */
+export type Operation = 'encrypt' | 'decrypt' | 'rewrap' | 'keyInfo' | 'getKey' | 'rotate';
+
+const NEEDS: Record<Operation, Role> = {
+  encrypt: 'user',
+  decrypt: 'user',
+  rewrap: 'user',
+  keyInfo: 'user',
+  getKey: 'admin',
+  rotate: 'admin',
+};
+
+/** Who is calling: the role proven with an access token (if any) and whether from loopback. */
+export interface Caller {
+  role: Role | null;
+  loopback: boolean;
+}
+
+/** The shortest secret accepted in a tokens file. */
+export const MIN_SECRET = 16;
+
+interface Entry {
+  role: Role;
+  digest: Buffer;
+}
+
+const sha256 = (secret: string | Uint8Array): Buffer => createHash('sha256').update(secret).digest();
+
+/** Parses a tokens file; errors name the line, never its secret. */
+export function parseTokens(text: string): Entry[] {
+  const entries: Entry[] = [];
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const m = /^(\S+)\s+(\S+)$/.exec(line);
+    const where = `line ${i + 1}`;
+    if (!m) throw new FileError(`${where}: expected "<role> <secret>"`);
+    const [, role, secret] = m as unknown as [string, string, string];
+    if (role !== 'user' && role !== 'admin') throw new FileError(`${where}: role must be user or admin`);
+    if (secret.startsWith('sha256:')) {
+      const hex = secret.slice(7);
+      if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new FileError(`${where}: sha256: must be followed by 64 hex digits`);
+      entries.push({ role, digest: Buffer.from(hex, 'hex') });
+    } else {
+      if (secret.length < MIN_SECRET) throw new FileError(`${where}: secret shorter than ${MIN_SECRET} characters (make one with: openssl rand -hex 32)`);
+      entries.push({ role, digest: sha256(secret) });
+    }
+  });
+  if (entries.length === 0) throw new FileError('no access tokens in it');
+  return entries;
+}
+
+/** The access tokens of a file, reloaded when it changes. Events: `change`, `error`. */
+export class AccessTokens extends EventEmitter {
+  #entries: Entry[];
+  readonly file: string;
+
+  private constructor(file: string, entries: Entry[]) {
+    super();
+    this.file = file;
+    this.#entries = entries;
+  }
+
+  /** Loads a tokens file, refusing one that is open to group or others. */
+  static async load(file: string): Promise<AccessTokens> {
+    return new AccessTokens(file, await read(file));
+  }
+
+  /** The role a secret grants, or null; constant time in the secret and over all entries. */
+  verify(secret: string | Uint8Array): Role | null {
+    const digest = sha256(secret);
+    let role: Role | null = null;
+    for (const e of this.#entries) {
+      if (timingSafeEqual(digest, e.digest) && role !== 'admin') role = e.role;
+    }
+    return role;
+  }
+
+  /** How many tokens are in force. */
+  get size(): number {
+    return this.#entries.length;
+  }
+
+  /** Reloads now; a failure is emitted as `error` and the tokens in force stay. */
+  async reload(): Promise<void> {
+    try {
+      this.#entries = await read(this.file);
+      this.emit('change', this.#entries.length);
+    } catch (err) {
+      this.emit('error', err);
+    }
+  }
+
+  /** Watches the file for changes (polling every intervalMs). */
+  watch(intervalMs = 500): void {
+    watchFile(this.file, { interval: intervalMs, persistent: false }, this.#onStat);
+  }
+
+  /** Stops watching. */
+  close(): void {
+    unwatchFile(this.file, this.#onStat);
+  }
+
+  readonly #onStat = (curr: Stats, prev: Stats): void => {
+    if (curr.mtimeMs !== prev.mtimeMs || curr.ino !== prev.ino || curr.size !== prev.size || curr.mode !== prev.mode) void this.reload();
+  };
+}
+
+async function read(file: string): Promise<Entry[]> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    throw new FileError(`cannot read tokens file ${file} (${(err as NodeJS.ErrnoException).code})`);
+  }
+  await checkPrivate(file, 'tokens file');
+  try {
+    return parseTokens(text);
+  } catch (err) {
+    throw new FileError(`tokens file ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** The access policy of a server: tokens (or none) and whether key export is allowed. */
+export class Policy {
+  readonly tokens: AccessTokens | null;
+  readonly getKey: boolean;
+
+  constructor(tokens: AccessTokens | null, getKey: boolean) {
+    this.tokens = tokens;
+    this.getKey = getKey;
+  }
+
+  /** The role a caller effectively has: its token's, or by address when no tokens exist. */
+  roleOf(caller: Caller): Role | null {
+    if (this.tokens) return caller.role;
+    return caller.loopback ? 'admin' : 'user';
+  }
+
+  /** Throws unauthorized or forbidden unless the caller may run the operation. */
+  authorize(op: Operation, caller: Caller): void {
+    if (op === 'getKey' && !this.getKey) throw new CryptError('forbidden', 'key export is disabled on this server (--no-get-key)');
+    const role = this.roleOf(caller);
+    if (role === null) throw new CryptError('unauthorized', 'authentication required: send an access token first');
+    if (NEEDS[op] === 'admin' && role !== 'admin') {
+      throw new CryptError('forbidden', this.tokens ? `${op} needs the admin role` : `${op} is answered to loopback clients only until access tokens are configured`);
+    }
+  }
+
+  /** The role for a presented secret; throws unauthorized when it matches no token. */
+  authenticate(secret: string | Uint8Array, caller: Caller): Role {
+    if (!this.tokens) return this.roleOf(caller)!;
+    const role = this.tokens.verify(secret);
+    if (role === null) throw new CryptError('unauthorized', 'invalid access token');
+    return role;
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * What both command lines share: their streams, yargs options built from the settings tables,
+ * and error lines in one style: `<program>: <what went wrong>[: <how to fix it>]` on stderr.
+ */
+import type { Readable, Writable } from 'node:stream';
+import type { Argv, Options } from 'yargs';
+import type { Setting } from '../config.js';
+
+/** A command line's world: its streams, environment and working directory. */
+export interface Io {
+  stdin: Readable & { isTTY?: boolean };
+  stdout: Writable & { isTTY?: boolean };
+  stderr: Writable;
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+}
+
+/** Exit codes, as documented in the README. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3 } as const;
+
+/** yargs options for the settings that have a flag; defaults are shown, not applied (config.ts applies them). */
+export function flagOptions(table: readonly Setting[]): Record<string, Options> {
+  const options: Record<string, Options> = {};
+  for (const s of table) {
+    if (s.flag === null) continue;
+    options[s.flag] = {
+      type: s.kind === 'boolean' ? 'boolean' : 'string',
+      describe: `${s.describe} [${s.env}]`,
+      ...(s.default === null ? {} : { defaultDescription: String(s.default) }),
+      group: 'Options:',
+    };
+  }
+  return options;
+}
+
+/** Reads a whole stream as bytes. */
+export async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+  return Buffer.concat(chunks);
+}
+
+/** Writes `<program>: <message>` on stderr. */
+export const complain = (io: Io, program: string, message: string): void => {
+  io.stderr.write(`${program}: ${message}\n`);
+};
+
+/** Parses argv without printing or exiting: yargs' output (help, version, errors) is returned. */
+export function parse(parser: Argv, argv: string[]): Promise<{ args: Record<string, unknown>; output: string; error: Error | null }> {
+  return new Promise((resolve) => {
+    void parser.parse(argv, {}, (error, args, output) => resolve({ args: args as Record<string, unknown>, output, error: error ?? null }));
+  });
+}

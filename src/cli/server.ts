@@ -1,0 +1,118 @@
+/**
+ * crypt-server's command line: serve, or manage the keyring with `keys`.
+ *
+ * Exit codes: 0 after a clean shutdown or a successful keys command, 1 when the server can't
+ * start or a keys command fails, 2 for usage and configuration errors.
+ */
+import yargs from 'yargs';
+import type { Argv } from 'yargs';
+import { once } from 'node:events';
+import { ConfigError, SERVER, readDotenv, serverConfig } from '../config.js';
+import type { ServerConfig } from '../config.js';
+import { Keyring } from '../keyring.js';
+import { createLogger } from '../log.js';
+import { startServer } from '../server.js';
+import { CryptError } from '../errors.js';
+import { FileError } from '../files.js';
+import { VERSION } from '../version.js';
+import { EXIT, complain, flagOptions, parse } from './common.js';
+import type { Io } from './common.js';
+
+const PROGRAM = 'crypt-server';
+
+function parser(): Argv {
+  return yargs()
+    .scriptName(PROGRAM)
+    .usage('Usage: $0 [options]\n       $0 keys <list|rotate|retire|activate> [id]\n\nEncryption as a service: serves Fernet encryption over TCP, and HTTP with --http.')
+    .command('$0', 'serve (the default)')
+    .command('keys <action> [id]', 'manage the keyring: list [--json], rotate, retire <id>, activate <id>', (y) =>
+      y.positional('action', { choices: ['list', 'rotate', 'retire', 'activate'] as const, describe: 'what to do' })
+        .positional('id', { type: 'string', describe: 'key id, for retire and activate' })
+        .option('json', { type: 'boolean', describe: 'list: print {"keys": [...]} as JSON' }),
+    )
+    .options(flagOptions(SERVER))
+    .example('$0 --port 8000', 'serve TCP on 127.0.0.1:8000')
+    .example('$0 --http', 'serve TCP on 8000 and HTTP on 8080')
+    .example('$0 keys rotate', 'make a new primary key (servers pick it up within 2 s)')
+    .example('$0 keys list --json', 'show key ids, states and creation times')
+    .epilogue('Settings come from flags, then the environment, then .env in the working directory. Docs: README.md, docs/protocol.md')
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .version(VERSION)
+    .wrap(100);
+}
+
+/** Runs crypt-server; resolves with the exit code once the server has stopped. */
+export async function run(argv: string[], io: Io, signals: NodeJS.EventEmitter = process): Promise<number> {
+  const { args, output, error } = await parse(parser(), argv);
+  if (error) {
+    complain(io, PROGRAM, `${error.message}: see ${PROGRAM} --help`);
+    return EXIT.usage;
+  }
+  if (output) {
+    io.stdout.write(output + '\n');
+    return EXIT.ok;
+  }
+  let config: ServerConfig;
+  try {
+    config = serverConfig({ flags: args, env: io.env, dotenv: readDotenv(io.cwd) });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    complain(io, PROGRAM, err.message);
+    return EXIT.usage;
+  }
+  if ((args._ as string[])[0] === 'keys') return keys(args, config, io);
+  return serve(config, io, signals);
+}
+
+async function serve(config: ServerConfig, io: Io, signals: NodeJS.EventEmitter): Promise<number> {
+  const log = createLogger(config.logLevel, io.stdout);
+  let server;
+  try {
+    server = await startServer(config, log);
+  } catch (err) {
+    complain(io, PROGRAM, (err as Error).message);
+    return EXIT.failed;
+  }
+  const [signal] = (await Promise.race([once(signals, 'SIGINT'), once(signals, 'SIGTERM')])) as [string | undefined];
+  log.info({ signal: signal ?? 'signal' }, 'signal received');
+  await server.close();
+  return EXIT.ok;
+}
+
+async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io): Promise<number> {
+  const action = args.action as 'list' | 'rotate' | 'retire' | 'activate';
+  const id = args.id as string | undefined;
+  if ((action === 'retire' || action === 'activate') && !id) {
+    complain(io, PROGRAM, `keys ${action} needs a key id: see ${PROGRAM} keys list`);
+    return EXIT.usage;
+  }
+  try {
+    const source = config.fernetKeys !== undefined ? { list: config.fernetKeys } : { file: config.keyring };
+    const { keyring } = await Keyring.open(source, { create: false });
+    switch (action) {
+      case 'list': {
+        const info = keyring.current.info();
+        if (args.json) io.stdout.write(JSON.stringify({ keys: info }) + '\n');
+        else io.stdout.write(info.map((k) => `${k.id}  ${k.state.padEnd(7)}  ${k.created ?? '-'}`).join('\n') + '\n');
+        break;
+      }
+      case 'rotate': {
+        const set = await keyring.update((s) => s.rotated());
+        io.stdout.write(`rotated: ${set.primary.id} is the new primary key\n`);
+        break;
+      }
+      case 'retire':
+      case 'activate':
+        await keyring.update((s) => s.withState(id!, action === 'retire' ? 'retired' : 'active'));
+        io.stdout.write(`${action === 'retire' ? 'retired' : 'activated'}: ${id}\n`);
+        break;
+    }
+    return EXIT.ok;
+  } catch (err) {
+    if (!(err instanceof FileError || err instanceof CryptError)) throw err;
+    complain(io, PROGRAM, err.message);
+    return EXIT.failed;
+  }
+}

@@ -1,0 +1,29 @@
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { ERRORS, CryptError, toCryptError, invalidToken } from '../src/errors.js';
+import type { ErrorCode } from '../src/errors.js';
+import { encodeError } from '../src/protocol.js';
+
+const docs = readFileSync(new URL('../docs/protocol.md', import.meta.url), 'utf8');
+
+t.test('every catalogue entry is well-formed, encodable and documented', async (t) => {
+  for (const code of Object.keys(ERRORS) as ErrorCode[]) {
+    const err = new CryptError(code);
+    t.equal(err.status, ERRORS[code].status, `${code}: status from the table`);
+    t.match(code, /^[a-z_]+$/, `${code}: snake_case`);
+    t.notMatch(err.message, /[\r\n]/, `${code}: no line break in the message`);
+    t.equal(encodeError(err), `#er#${code}#${err.message}#\n`, `${code}: encodes as a TCP error frame`);
+    t.match(docs, new RegExp(`^\\| \`${code}\` \\| ${err.status} \\|`, 'm'), `${code}: docs/protocol.md lists it with status ${err.status}`);
+  }
+  const documented = [...docs.matchAll(/^\| `([a-z_]+)` \| (\d{3}) \|/gm)].map((m) => m[1]);
+  t.same(documented.sort(), Object.keys(ERRORS).sort(), 'the docs list no code the catalogue lacks');
+});
+
+t.test('unknown faults become internal, with no detail', async (t) => {
+  const e = toCryptError(new TypeError('secret detail'));
+  t.equal(e.code, 'internal', 'internal');
+  t.equal(e.message, 'internal error', 'no detail leaks');
+  const known = new CryptError('too_large', 'message of 5 bytes exceeds the limit of 4 bytes');
+  t.equal(toCryptError(known), known, 'a CryptError passes through');
+  t.same([invalidToken().code, invalidToken().message], ['invalid_token', 'invalid token'], 'the one opaque token error');
+});

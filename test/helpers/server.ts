@@ -1,0 +1,113 @@
+import { Writable } from 'node:stream';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir, networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import net from 'node:net';
+import { once } from 'node:events';
+import type { Test } from 'tap';
+import { startServer } from '../../src/server.js';
+import type { RunningServer } from '../../src/server.js';
+import { serverConfig } from '../../src/config.js';
+import type { ServerConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { CryptClient } from '../../src/client.js';
+import type { ClientOptions } from '../../src/client.js';
+import { ReplyDecoder } from '../../src/protocol.js';
+import type { Reply } from '../../src/protocol.js';
+
+/** A private temporary directory, removed when the test ends. */
+export function tempDir(t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'crypt-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** The defaults, as a server with no flags, environment or .env would have them. */
+export const defaults = (): ServerConfig => serverConfig({ flags: {}, env: {}, dotenv: {} });
+
+/** An in-process server on port 0 with a fresh keyring; logs are captured in `logs`. */
+export interface Started {
+  server: RunningServer;
+  port: number;
+  config: ServerConfig;
+  logs: string[];
+  connect(options?: Partial<ClientOptions>): Promise<CryptClient>;
+}
+
+export async function start(t: Test, overrides: Partial<ServerConfig> = {}): Promise<Started> {
+  const config: ServerConfig = { ...defaults(), port: 0, keyring: join(tempDir(t), 'keyring.json'), ...overrides };
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(String(chunk));
+      cb();
+    },
+  });
+  const server = await startServer(config, createLogger(config.logLevel, sink));
+  let closed = false;
+  const close = server.close.bind(server);
+  server.close = async () => {
+    if (closed) return;
+    closed = true;
+    await close();
+  };
+  t.teardown(() => server.close());
+  const port = server.tcp.address.port;
+  return {
+    server,
+    port,
+    config,
+    logs,
+    connect: async (options = {}) => {
+      const client = await CryptClient.connect({ host: '127.0.0.1', port, ...options });
+      t.teardown(() => client.close());
+      return client;
+    },
+  };
+}
+
+/** A raw TCP session: send bytes, await a number of replies, see the close. */
+export interface Raw {
+  socket: net.Socket;
+  send(data: string | Buffer): void;
+  replies(n: number): Promise<Reply[]>;
+  closed: Promise<void>;
+}
+
+export async function raw(port: number, host = '127.0.0.1'): Promise<Raw> {
+  const socket = net.connect(port, host);
+  await once(socket, 'connect');
+  const decoder = new ReplyDecoder();
+  const got: Reply[] = [];
+  let waiter: (() => void) | null = null;
+  socket.on('data', (chunk: Buffer) => {
+    for (const r of decoder.push(chunk)) got.push(r.ok ? { ok: true, value: Buffer.from(r.value) } : r);
+    waiter?.();
+  });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => {
+    resolve();
+    waiter?.();
+  }));
+  socket.on('error', () => undefined);
+  return {
+    socket,
+    send: (data) => socket.write(data),
+    async replies(n) {
+      while (got.length < n && !socket.destroyed) await new Promise<void>((r) => (waiter = r));
+      waiter = null;
+      return got.splice(0, n);
+    },
+    closed,
+  };
+}
+
+/** A non-loopback IPv4 address of this machine, if there is one. */
+export function externalAddress(): string | undefined {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return undefined;
+}
+
+/** Renders replies compactly for assertions: the value as text, or `!code`. */
+export const show = (replies: Reply[]): string[] => replies.map((r) => (r.ok ? r.value.toString('latin1') : `!${r.code}`));

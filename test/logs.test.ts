@@ -1,0 +1,32 @@
+import t from 'tap';
+import { start, raw, show } from './helpers/server.js';
+
+t.test('a full session at trace level logs no plaintext, token or key', async (t) => {
+  const { port, logs, connect } = await start(t, { logLevel: 'trace', maxFrame: 4096 });
+  const plaintext = 'PLAINTEXT-never-logged-7f3a';
+  const client = await connect();
+  const token = await client.encrypt(plaintext);
+  t.equal((await client.decrypt(token)).toString(), plaintext, 'round trip');
+  const key = await client.getKey();
+  const rotated = await client.rotate();
+  const rewrapped = await client.rewrap(token);
+  await client.keyInfo();
+  const newKey = await client.getKey();
+  await t.rejects(client.decrypt(token.slice(0, -6) + 'AAAAAA'), { code: 'invalid_token' }, 'a bad token');
+  await t.rejects(client.encrypt(Buffer.alloc(5000, plaintext)), { code: 'too_large' }, 'too large');
+  await t.rejects(client.request('zz', Buffer.from(plaintext)), { code: 'unknown_command' }, 'unknown command');
+  await t.rejects(client.decrypt(plaintext), { code: 'invalid_token' }, 'plaintext as a token');
+  const s = await raw(port);
+  s.send(`${plaintext}\n#en#${plaintext}\n#au#${plaintext}#\n`);
+  t.same(show(await s.replies(3)).map((r) => r.slice(0, 1)), ['!', '!', 'o'], 'framing errors and au');
+  s.socket.destroy();
+  await client.close();
+
+  const text = logs.join('');
+  t.ok(logs.length > 10, `there are logs (${logs.length} lines)`);
+  for (const [name, secret] of Object.entries({ plaintext, token, key, newKey, rewrapped })) {
+    t.notOk(text.includes(secret), `no ${name} in the logs`);
+    t.notOk(text.includes(secret.slice(0, 24)), `not even part of the ${name}`);
+  }
+  t.match(text, rotated.id, 'key ids (public) may appear');
+});
