@@ -14,6 +14,8 @@ import type { KeySet } from './keyring.js';
 import { AccessTokens, Policy } from './access.js';
 import { CryptService } from './service.js';
 import { TcpServer } from './tcp.js';
+import { listenHttp } from './http.js';
+import type { HttpServer } from './http.js';
 import type { ServerConfig } from './config.js';
 import { errorFields } from './log.js';
 import type { Logger } from './log.js';
@@ -36,6 +38,7 @@ export interface RunningServer {
   keyring: Keyring;
   service: CryptService;
   tcp: TcpServer;
+  http: HttpServer | null;
   /** Stops accepting, answers what was received, closes everything. */
   close(): Promise<void>;
 }
@@ -85,6 +88,26 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
   }
   log.info({ proto: tls ? 'tcp+tls' : 'tcp', host: config.host, port: tcp.address.port }, 'listening');
 
+  let http: HttpServer | null = null;
+  if (config.http) {
+    try {
+      http = await listenHttp(service, {
+        host: config.host,
+        port: config.httpPort,
+        tls,
+        maxConnections: config.maxConnections,
+        idleTimeoutMs: config.idleTimeout * 1000,
+        handshakeTimeoutMs: config.handshakeTimeout * 1000,
+        rateLimit: config.rateLimit,
+        maxBatch: config.maxBatch,
+      }, log);
+    } catch (err) {
+      await tcp.close();
+      throw listenError(err, config.host, config.httpPort);
+    }
+    log.info({ proto: tls ? 'https' : 'http', host: config.host, port: http.address.port }, 'listening');
+  }
+
   keyring.on('change', (set: KeySet, reason: string) => log.info({ reason, ...describeKeys(set) }, 'keys changed'));
   keyring.on('error', (err: Error) => log.error({ err: errorFields(err), reason: err.message }, 'keyring change ignored'));
   keyring.watch();
@@ -99,9 +122,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     keyring,
     service,
     tcp,
+    http,
     async close() {
       log.info('shutting down');
-      await tcp.close();
+      await Promise.all([tcp.close(), http?.close()]);
       keyring.close();
       tokens?.close();
       log.info('stopped');

@@ -30,3 +30,21 @@ t.test('a full session at trace level logs no plaintext, token or key', async (t
   }
   t.match(text, rotated.id, 'key ids (public) may appear');
 });
+
+t.test('HTTP at trace level logs no body, token, key or Authorization header', async (t) => {
+  const { server, logs } = await start(t, { logLevel: 'trace', http: true, httpPort: 0 });
+  const base = `http://127.0.0.1:${server.http!.address.port}`;
+  const plaintext = 'HTTP-PLAINTEXT-never-logged-91c2';
+  const bearer = 'Bearer some-secret-bearer-value-0042';
+  const token = (await (await fetch(`${base}/encrypt`, { method: 'POST', body: plaintext, headers: { authorization: bearer } })).text()).trim();
+  await fetch(`${base}/decrypt`, { method: 'POST', body: token });
+  await fetch(`${base}/decrypt`, { method: 'POST', body: JSON.stringify({ batch: [{ token }, { token: plaintext }] }), headers: { 'content-type': 'application/json' } });
+  await fetch(`${base}/encrypt`, { method: 'POST', body: `{"plaintext": "${plaintext}"`, headers: { 'content-type': 'application/json' } });
+  await fetch(`${base}/encrypt`, { method: 'POST', body: plaintext, headers: { 'content-type': 'image/png' } });
+  const key = (await (await fetch(`${base}/key`)).text()).trim();
+  const text = logs.join('');
+  t.match(text, /"msg":"http request"/, 'requests are logged');
+  for (const [name, secret] of Object.entries({ plaintext, token, key, bearer: bearer.slice(7) })) {
+    t.notOk(text.includes(secret), `no ${name} in the logs`);
+  }
+});

@@ -13,6 +13,11 @@ import { createLogger } from '../../src/log.js';
 import { CryptClient } from '../../src/client.js';
 import type { ClientOptions } from '../../src/client.js';
 import { ReplyDecoder } from '../../src/protocol.js';
+import { buildHttp } from '../../src/http.js';
+import type { HttpOptions } from '../../src/http.js';
+import { Keyring } from '../../src/keyring.js';
+import { AccessTokens, Policy } from '../../src/access.js';
+import { CryptService } from '../../src/service.js';
 import type { Reply } from '../../src/protocol.js';
 
 /** A private temporary directory, removed when the test ends. */
@@ -111,3 +116,24 @@ export function externalAddress(): string | undefined {
 
 /** Renders replies compactly for assertions: the value as text, or `!code`. */
 export const show = (replies: Reply[]): string[] => replies.map((r) => (r.ok ? r.value.toString('latin1') : `!${r.code}`));
+
+/** A Fastify app over a fresh service (no listener), for inject() tests. */
+export async function httpApp(t: Test, overrides: Partial<ServerConfig> = {}, http: Partial<HttpOptions> = {}) {
+  const config: ServerConfig = { ...defaults(), keyring: join(tempDir(t), 'keyring.json'), ...overrides };
+  const { keyring } = await Keyring.open({ file: config.keyring });
+  const tokens = config.tokensFile ? await AccessTokens.load(config.tokensFile) : null;
+  const service = new CryptService(keyring, new Policy(tokens, config.getKey), config.maxFrame);
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(String(chunk));
+      cb();
+    },
+  });
+  const app = await buildHttp(service, {
+    host: '127.0.0.1', port: 0, maxConnections: config.maxConnections, idleTimeoutMs: 0, handshakeTimeoutMs: 1000,
+    rateLimit: config.rateLimit, maxBatch: config.maxBatch, ...http,
+  }, createLogger(config.logLevel, sink));
+  t.teardown(() => app.close());
+  return { app, service, keyring, logs };
+}
