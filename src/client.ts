@@ -59,10 +59,11 @@ function connectError(err: NodeJS.ErrnoException, options: ClientOptions): Conne
     case 'ECONNRESET':
       return new ConnectionError(`connection to ${where} was reset${options.tls ? '' : ': does the server expect TLS (--tls)?'}`);
     default:
-      if (err.code?.startsWith('ERR_TLS') || err.code?.includes('CERT') || err.code === 'DEPTH_ZERO_SELF_SIGNED_CERT') {
-        return new ConnectionError(`TLS with ${where} failed (${err.code}): pass the server's CA with --ca <file>`);
+      // on a TLS connection, a failure that is not a socket error is the handshake's
+      if (options.tls && !/^E[A-Z]+$/.test(err.code ?? '')) {
+        return new ConnectionError(`TLS with ${where} failed (${err.code ?? 'handshake'}): pass the server's CA with --ca <file>`);
       }
-      return new ConnectionError(`connection to ${where} failed (${err.code ?? err.message})`);
+      return new ConnectionError(`connection to ${where} failed (${err.code ?? 'unknown error'})`);
   }
 }
 
@@ -73,6 +74,7 @@ export class CryptClient {
   readonly #pending: Pending[] = [];
   readonly #options: ClientOptions;
   #failure: ConnectionError | null = null;
+  #replied = false;
   /** The role the server granted to the access token, if one was sent. */
   role: string | null = null;
 
@@ -81,7 +83,10 @@ export class CryptClient {
     this.#options = options;
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('error', (err: NodeJS.ErrnoException) => this.#fail(connectError(err, options)));
-    socket.on('close', () => this.#fail(new ConnectionError(`connection to ${options.host}:${options.port} closed by the server`)));
+    socket.on('close', () => {
+      const hint = !this.#replied && !options.tls ? ' before any reply: does it expect TLS (--tls)?' : '';
+      this.#fail(new ConnectionError(`connection to ${options.host}:${options.port} closed by the server${hint}`));
+    });
     socket.on('timeout', () => {
       if (this.#pending.length > 0) {
         this.#fail(new ConnectionError(`no reply from ${options.host}:${options.port} within ${options.timeoutMs} ms`));
@@ -116,7 +121,14 @@ export class CryptClient {
       throw connectError(err as NodeJS.ErrnoException, options);
     }
     const client = new CryptClient(socket, options);
-    if (options.token !== undefined) client.role = (await client.request('au', Buffer.from(options.token))).toString().replace(/^ok /, '');
+    if (options.token !== undefined) {
+      try {
+        client.role = (await client.request('au', Buffer.from(options.token))).toString().replace(/^ok /, '');
+      } catch (err) {
+        socket.destroy();
+        throw err;
+      }
+    }
     return client;
   }
 
@@ -182,6 +194,7 @@ export class CryptClient {
       return;
     }
     for (const reply of replies) {
+      this.#replied = true;
       const pending = this.#pending.shift();
       if (!pending) {
         // an unsolicited reply: the server is closing this connection (idle timeout, shutdown)

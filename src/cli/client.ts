@@ -27,9 +27,9 @@ function parser() {
   return yargs()
     .scriptName(PROGRAM)
     .usage('Usage: $0 <command> [message or token]\n       $0              (a prompted session)\n\nTalks to crypt-server over TCP.')
-    .command('en [message..]', 'encrypt a message (words are joined by spaces; - or a pipe: stdin)')
-    .command('de [token]', 'decrypt a token (- or a pipe: stdin)')
-    .command('rw [token]', 'rewrap a token under the primary key, keeping its timestamp')
+    .command('en [MESSAGE..]', 'encrypt a message (words are joined by spaces; - or a pipe: stdin)')
+    .command('de [TOKEN]', 'decrypt a token (- or a pipe: stdin)')
+    .command('rw [TOKEN]', 'rewrap a token under the primary key, keeping its timestamp')
     .command('gk', 'print the primary key (admin; loopback only without access tokens)')
     .command('ki', 'print the key ids, states and creation times as JSON')
     .command('rk', 'rotate: make a new primary key (admin)')
@@ -85,7 +85,8 @@ export async function run(argv: string[], io: Io): Promise<number> {
 
   let input: Buffer | null = null;
   if (command === 'en' || command === 'de' || command === 'rw') {
-    const words = command === 'en' ? ((args.message as string[] | undefined) ?? []).map(String) : args.token === undefined ? [] : [String(args.token)];
+    // positionals are upper case: `token` is the --token option (the access token)
+    const words = command === 'en' ? ((args.MESSAGE as string[] | undefined) ?? []).map(String) : args.TOKEN === undefined ? [] : [String(args.TOKEN)];
     if ((words.length === 0 && !io.stdin.isTTY) || (words.length === 1 && words[0] === '-')) {
       input = await readAll(io.stdin);
       if (command !== 'en') input = Buffer.from(input.toString('latin1').trim(), 'latin1');

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import type { Test } from 'tap';
 import { startServer } from '../../src/server.js';
 import type { RunningServer } from '../../src/server.js';
@@ -36,18 +36,34 @@ export interface Started {
   port: number;
   config: ServerConfig;
   logs: string[];
+  /** Resolves with the first log line (already written or to come) that matches. */
+  waitForLog(pattern: RegExp): Promise<string>;
   connect(options?: Partial<ClientOptions>): Promise<CryptClient>;
 }
 
 export async function start(t: Test, overrides: Partial<ServerConfig> = {}): Promise<Started> {
   const config: ServerConfig = { ...defaults(), port: 0, keyring: join(tempDir(t), 'keyring.json'), ...overrides };
   const logs: string[] = [];
+  const lines = new EventEmitter();
   const sink = new Writable({
     write(chunk, _enc, cb) {
       logs.push(String(chunk));
+      lines.emit('line', String(chunk));
       cb();
     },
   });
+  const waitForLog = (pattern: RegExp): Promise<string> => {
+    const seen = logs.find((l) => pattern.test(l));
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve) => {
+      const on = (line: string) => {
+        if (!pattern.test(line)) return;
+        lines.off('line', on);
+        resolve(line);
+      };
+      lines.on('line', on);
+    });
+  };
   const server = await startServer(config, createLogger(config.logLevel, sink));
   let closed = false;
   const close = server.close.bind(server);
@@ -63,6 +79,7 @@ export async function start(t: Test, overrides: Partial<ServerConfig> = {}): Pro
     port,
     config,
     logs,
+    waitForLog,
     connect: async (options = {}) => {
       const client = await CryptClient.connect({ host: '127.0.0.1', port, ...options });
       t.teardown(() => client.close());

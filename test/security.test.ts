@@ -1,0 +1,233 @@
+import t from 'tap';
+import net from 'node:net';
+import tls from 'node:tls';
+import https from 'node:https';
+import { once } from 'node:events';
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import { start, raw, show, tempDir } from './helpers/server.js';
+import { makeCerts } from './helpers/tls.js';
+import { CLIENT_BIN, SERVER_BIN, cleanEnv, runCli, spawnServer } from './helpers/cli.js';
+import { CryptClient } from '../src/client.js';
+import { Keyring } from '../src/keyring.js';
+
+const USER = 'user-token-0123456789abcdef';
+const ADMIN = 'admin-token-0123456789abcdef';
+
+async function tokensFile(dir: string, text = `user ${USER}\nadmin ${ADMIN}\n`): Promise<string> {
+  const file = join(dir, 'tokens');
+  await fs.writeFile(file, text, { mode: 0o600 });
+  return file;
+}
+
+/** An HTTPS or HTTP request with optional headers and CA; resolves with status, headers and body. */
+function request(url: string, options: { method?: string; headers?: Record<string, string>; body?: string; ca?: Buffer } = {}) {
+  return new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }>((resolve, reject) => {
+    const req = https.request(url, { method: options.method ?? 'GET', headers: options.headers, ca: options.ca }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+t.test('protected mode: a non-loopback address needs access tokens or --insecure', async (t) => {
+  const home = tempDir(t);
+  const env = cleanEnv(home);
+  const refused = await runCli(SERVER_BIN, ['--host', '0.0.0.0', '--port', '0', '--keyring', join(home, 'k.json')], { env });
+  t.equal(refused.code, 1, '--host 0.0.0.0 without tokens: exit 1');
+  t.match(refused.stderr, /^crypt-server: refusing to listen on 0\.0\.0\.0 without access tokens: .*--tokens-file <file>.*--insecure to override\n$/, 'says how to configure tokens, or to override');
+  t.same(await fs.readdir(home), [], 'nothing was created');
+  const insecure = await spawnServer(t, ['--host', '0.0.0.0', '--port', '0', '--keyring', join(home, 'k.json'), '--insecure'], env);
+  t.match(insecure.lines.join('\n'), /"level":40.*INSECURE: listening on 0\.0\.0\.0 with no access tokens/, '--insecure starts with a loud warning');
+  insecure.child.kill('SIGTERM');
+  await insecure.exited;
+  const withTokens = await spawnServer(t, ['--host', '0.0.0.0', '--port', '0', '--keyring', join(home, 'k.json'), '--tokens-file', await tokensFile(home)], env);
+  t.ok(withTokens.port > 0, 'with a tokens file it starts');
+  withTokens.child.kill('SIGTERM');
+  await withTokens.exited;
+});
+
+t.test('TCP: au before anything; roles; repeated failures close', async (t) => {
+  const { port } = await start(t, { tokensFile: await tokensFile(tempDir(t)) });
+  const s = await raw(port);
+  s.send('#en#x#\n#gk##\n#ki##\n');
+  const before = await s.replies(3);
+  t.same(show(before), ['!unauthorized', '!unauthorized', '!unauthorized'], 'everything is unauthorized before au');
+  t.match(before[0]!.ok ? '' : before[0]!.message, /authentication required/, 'and says what to do');
+  s.send(`#au#${USER}#\n#en#x#\n#gk##\n#rk##\n`);
+  const asUser = show(await s.replies(4));
+  t.equal(asUser[0], 'ok user', 'au answers with the role');
+  t.match(asUser[1], /^gAAAAA/, 'a user may encrypt');
+  t.same(asUser.slice(2), ['!forbidden', '!forbidden'], 'but not gk or rk');
+  s.send(`#au#${ADMIN}#\n#gk##\n`);
+  const asAdmin = show(await s.replies(2));
+  t.equal(asAdmin[0], 'ok admin', 're-authenticating switches the role');
+  t.match(asAdmin[1], /^[A-Za-z0-9_-]{43}=$/, 'an admin may gk');
+  s.socket.destroy();
+
+  const bad = await raw(port);
+  bad.send('#au#wrong-token-000000000000#\n#au#wrong-token-000000000000#\n#au#wrong-token-000000000000#\n#en#never#\n');
+  const replies = await bad.replies(4);
+  t.same(show(replies), ['!unauthorized', '!unauthorized', '!unauthorized'], 'three failures, then nothing more is answered');
+  t.match(replies[2]!.ok ? '' : replies[2]!.message, /closing after 3 failures/, 'the last says the connection closes');
+  await bad.closed;
+  t.pass('and the connection is closed');
+});
+
+t.test('HTTP: Authorization: Bearer; 401 without or wrong, 403 for the wrong role', async (t) => {
+  const { server } = await start(t, { tokensFile: await tokensFile(tempDir(t)), http: true, httpPort: 0 });
+  const base = `http://127.0.0.1:${server.http!.address.port}`;
+  const none = await fetch(`${base}/encrypt`, { method: 'POST', body: 'x' });
+  t.equal(none.status, 401, 'no token: 401');
+  t.equal(none.headers.get('www-authenticate'), 'Bearer', 'with WWW-Authenticate: Bearer');
+  t.match(await none.json(), { error: { code: 'unauthorized' } }, 'unauthorized');
+  t.equal((await fetch(`${base}/encrypt`, { method: 'POST', body: 'x', headers: { authorization: 'Bearer wrong-token-00000000000' } })).status, 401, 'wrong token: 401');
+  t.equal((await fetch(`${base}/encrypt`, { method: 'POST', body: 'x', headers: { authorization: `Basic ${USER}` } })).status, 401, 'not a bearer: 401');
+  const user = { authorization: `Bearer ${USER}` };
+  t.equal((await fetch(`${base}/encrypt`, { method: 'POST', body: 'x', headers: user })).status, 200, 'user may encrypt');
+  const key = await fetch(`${base}/key`, { headers: user });
+  t.equal(key.status, 403, 'user may not get the key: 403');
+  t.match(await key.json(), { error: { code: 'forbidden', message: 'getKey needs the admin role' } }, 'forbidden, with the reason');
+  t.equal((await fetch(`${base}/key`, { headers: { authorization: `Bearer ${ADMIN}` } })).status, 200, 'admin may');
+  const batch = await fetch(`${base}/encrypt`, { method: 'POST', body: JSON.stringify({ batch: [{ plaintext: 'a' }] }), headers: { 'content-type': 'application/json' } });
+  t.equal(batch.status, 401, 'a batch without a token is one 401');
+  t.equal((await fetch(`${base}/health`)).status, 200, 'health needs no token');
+});
+
+t.test('crypt-client --token and CRYPT_TOKEN, in argv and prompt mode', async (t) => {
+  const home = tempDir(t);
+  const env = cleanEnv(home);
+  const server = await spawnServer(t, ['--port', '0', '--keyring', join(home, 'k.json'), '--tokens-file', await tokensFile(home)], env);
+  const port = ['--port', String(server.port)];
+  const missing = await runCli(CLIENT_BIN, [...port, 'en', 'x'], { env });
+  t.equal(missing.code, 1, 'without a token: exit 1');
+  t.match(missing.stderr, /^crypt-client: unauthorized: authentication required/, 'unauthorized');
+  const wrong = await runCli(CLIENT_BIN, [...port, '--token', 'wrong-token-00000000000', 'en', 'x'], { env });
+  t.equal(wrong.stderr, 'crypt-client: unauthorized: invalid access token\n', 'a wrong token is named as such');
+  const token = await runCli(CLIENT_BIN, [...port, '--token', USER, 'en', 'with token'], { env });
+  t.equal(token.code, 0, '--token works');
+  const de = await runCli(CLIENT_BIN, [...port, 'de', token.stdout.toString().trim()], { env: cleanEnv(home, { CRYPT_TOKEN: USER }) });
+  t.equal(de.stdout.toString(), 'with token', 'CRYPT_TOKEN works');
+  const gk = await runCli(CLIENT_BIN, [...port, '--token', USER, 'gk'], { env });
+  t.equal(gk.code, 1, 'a user may not gk: exit 1');
+  t.match(gk.stderr, /forbidden: getKey needs the admin role/, 'forbidden');
+  const prompt = await runCli(CLIENT_BIN, [...port, '--token', ADMIN], { env, input: 'gk\nen\nprompted\n' });
+  t.match(prompt.stdout.toString(), /^[A-Za-z0-9_-]{43}=\ngAAAAA/, 'the prompted session sends the token too');
+});
+
+t.test('the tokens file is reloaded when it changes', async (t) => {
+  const dir = tempDir(t);
+  const file = await tokensFile(dir);
+  const { connect, waitForLog } = await start(t, { tokensFile: file });
+  const NEW = 'added-later-token-0123456789';
+  await t.rejects(connect({ token: NEW }), { code: 'unauthorized' }, 'an unknown token is refused');
+  await fs.writeFile(file, `user ${NEW}\n`);
+  await waitForLog(/"tokens":1,"msg":"access tokens reloaded"/);
+  const client = await connect({ token: NEW });
+  t.equal(client.role, 'user', 'the new token works without a restart');
+  await t.rejects(connect({ token: USER }), { code: 'unauthorized' }, 'a removed token no longer works');
+  await fs.writeFile(file, 'nonsense\n');
+  await waitForLog(/"msg":"access tokens change ignored"/);
+  t.equal((await connect({ token: NEW })).role, 'user', 'a broken change keeps the tokens in force');
+});
+
+t.test('--no-get-key refuses key export to everyone, TCP and HTTP', async (t) => {
+  const { server, connect } = await start(t, { tokensFile: await tokensFile(tempDir(t)), getKey: false, http: true, httpPort: 0 });
+  const admin = await connect({ token: ADMIN });
+  await t.rejects(admin.getKey(), { code: 'forbidden', message: 'key export is disabled on this server (--no-get-key)' }, 'TCP: forbidden even to an admin');
+  const res = await fetch(`http://127.0.0.1:${server.http!.address.port}/key`, { headers: { authorization: `Bearer ${ADMIN}` } });
+  t.equal(res.status, 403, 'HTTP: 403');
+  t.ok(await admin.rotate(), 'other admin operations still work');
+});
+
+t.test('TLS on both listeners, TLS 1.2 or later; the client with --tls and --ca', async (t) => {
+  const dir = tempDir(t);
+  const certs = makeCerts(dir);
+  const env = cleanEnv(dir);
+  const server = await spawnServer(t, ['--port', '0', '--http', '--http-port', '0', '--keyring', join(dir, 'k.json'), '--tls-cert', certs.certFile, '--tls-key', certs.keyFile], env);
+  t.match(server.lines.join('\n'), /"proto":"tcp\+tls"/, 'TCP listens with TLS');
+  t.match(server.lines.join('\n'), /"proto":"https"/, 'HTTP listens with TLS');
+  const port = ['--port', String(server.port)];
+  const en = await runCli(CLIENT_BIN, [...port, '--tls', '--ca', certs.caFile, 'en', 'over tls'], { env });
+  t.equal(en.code, 0, 'crypt-client --tls --ca: exit 0');
+  const de = await runCli(CLIENT_BIN, [...port, '--tls', '--ca', certs.caFile, 'de', en.stdout.toString().trim()], { env });
+  t.equal(de.stdout.toString(), 'over tls', 'round trip over TLS');
+  const noCa = await runCli(CLIENT_BIN, [...port, '--tls', 'en', 'x'], { env });
+  t.equal(noCa.code, 3, 'without the CA: exit 3');
+  t.match(noCa.stderr, /^crypt-client: TLS with 127\.0\.0\.1:\d+ failed \(\w+\): pass the server's CA with --ca <file>\n$/, 'says to pass --ca');
+  const plain = await runCli(CLIENT_BIN, [...port, '--timeout', '3', 'en', 'x'], { env });
+  t.equal(plain.code, 3, 'a plain client against TLS: exit 3');
+  t.match(plain.stderr, /^crypt-client: connection to 127\.0\.0\.1:\d+ (closed by the server before any reply: does it expect TLS \(--tls\)\?|was reset: does the server expect TLS \(--tls\)\?)\n$/, 'one line, suggesting --tls');
+
+  const old = tls.connect({ host: '127.0.0.1', port: server.port, ca: certs.ca, maxVersion: 'TLSv1.1', minVersion: 'TLSv1' });
+  const [err] = (await once(old, 'error')) as [NodeJS.ErrnoException];
+  t.ok(err.code, `TLS 1.1 is refused (${err.code})`);
+
+  const https1 = await request(`https://127.0.0.1:${server.httpPort}/encrypt`, { method: 'POST', body: 'over https', headers: { 'content-type': 'text/plain' }, ca: certs.ca });
+  t.equal(https1.status, 200, 'HTTPS encrypt');
+  const https2 = await request(`https://localhost:${server.httpPort}/decrypt`, { method: 'POST', body: https1.body, headers: { 'content-type': 'text/plain' }, ca: certs.ca });
+  t.equal(https2.body, 'over https', 'HTTPS decrypt, by host name too');
+  const client = await CryptClient.connect({ host: 'localhost', port: server.port, tls: true, ca: certs.ca });
+  t.equal((await client.decrypt(https1.body.trim())).toString(), 'over https', 'an HTTPS token decrypts over TCP+TLS');
+  await client.close();
+});
+
+t.test('limits: connections, idle, TLS handshake', async (t) => {
+  const { port } = await start(t, { maxConnections: 2, idleTimeout: 0.3 });
+  const a = await raw(port);
+  const b = await raw(port);
+  const c = await raw(port);
+  t.same(show(await c.replies(1)), ['!busy'], 'the third connection gets busy');
+  await c.closed;
+  t.pass('and is closed');
+  a.send('#en#x#\n');
+  t.equal((await a.replies(1)).length, 1, 'the others are served');
+  const idle = await b.replies(1);
+  t.same(show(idle), ['!timeout'], 'a silent connection gets timeout');
+  await b.closed;
+  t.pass('and is closed');
+  a.socket.destroy();
+
+  const dir = tempDir(t);
+  const certs = makeCerts(dir);
+  const secure = await start(t, { tlsCert: certs.certFile, tlsKey: certs.keyFile, handshakeTimeout: 0.3 });
+  const silent = net.connect(secure.port, '127.0.0.1');
+  await once(silent, 'connect');
+  silent.on('error', () => undefined);
+  await once(silent, 'close');
+  t.pass('a connection that never does its TLS handshake is closed');
+});
+
+t.test('secret files open to group or others stop the server with the chmod fix', async (t) => {
+  const home = tempDir(t);
+  const env = cleanEnv(home);
+  const keyring = join(home, 'k.json');
+  await Keyring.open({ file: keyring });
+  await fs.chmod(keyring, 0o644);
+  const k = await runCli(SERVER_BIN, ['--port', '0', '--keyring', keyring], { env });
+  t.equal(k.code, 1, 'keyring 0644: exit 1');
+  t.equal(k.stderr, `crypt-server: keyring ${keyring} has mode 0644, open to group or others: run chmod 600 ${keyring}\n`, 'with the fix');
+  await fs.chmod(keyring, 0o600);
+  const tokens = await tokensFile(home);
+  await fs.chmod(tokens, 0o640);
+  const tk = await runCli(SERVER_BIN, ['--port', '0', '--keyring', keyring, '--tokens-file', tokens], { env });
+  t.equal(tk.code, 1, 'tokens file 0640: exit 1');
+  t.equal(tk.stderr, `crypt-server: tokens file ${tokens} has mode 0640, open to group or others: run chmod 600 ${tokens}\n`, 'with the fix');
+});
+
+t.test('a session with tokens at debug level logs no secret', async (t) => {
+  const { server, logs, connect } = await start(t, { tokensFile: await tokensFile(tempDir(t)), logLevel: 'debug', http: true, httpPort: 0 });
+  const client = await connect({ token: ADMIN });
+  const token = await client.encrypt('TOP-SECRET-PLAINTEXT');
+  const key = await client.getKey();
+  await t.rejects(connect({ token: 'WRONG-SECRET-0123456789' }), { code: 'unauthorized' }, 'a wrong token');
+  await fetch(`http://127.0.0.1:${server.http!.address.port}/decrypt`, { method: 'POST', body: token, headers: { authorization: `Bearer ${USER}` } });
+  await fetch(`http://127.0.0.1:${server.http!.address.port}/key`, { headers: { authorization: 'Bearer WRONG-SECRET-0123456789' } });
+  const text = logs.join('');
+  for (const [name, secret] of Object.entries({ ADMIN, USER, wrong: 'WRONG-SECRET-0123456789', plaintext: 'TOP-SECRET-PLAINTEXT', token, key })) {
+    t.notOk(text.includes(secret), `no ${name} in the logs`);
+  }
+});
