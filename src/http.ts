@@ -70,6 +70,14 @@ const errors = (...statuses: number[]) => Object.fromEntries(statuses.map((s) =>
 const itemError = { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } };
 const ttlSchema = { type: 'integer', minimum: 0, description: 'refuse tokens older than this many seconds' };
 const timestamp = { type: 'integer', description: "the token's creation time, seconds since the Unix epoch" };
+const keyInfo = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    state: { type: 'string', enum: ['primary', 'active', 'retired'] },
+    created: { type: 'string', format: 'date-time', nullable: true },
+  },
+};
 
 const tokenIn = (what: string) => ({
   type: 'object',
@@ -158,6 +166,37 @@ const SCHEMAS: Record<string, FastifySchema> = {
       },
       ...errors(401, 403, 429),
     },
+  },
+  rewrap: {
+    summary: 'Rewrap: re-encrypt under the primary key, keeping the timestamp',
+    description: 'Raw token in, token out (text/plain); or JSON {"token"} in, {"token"} out; or {"batch": [...]}. The plaintext never leaves the server.',
+    body: { content: { 'application/json': { schema: tokenIn('token to rewrap') } } },
+    response: {
+      200: {
+        content: {
+          'text/plain': { schema: { type: 'string', description: 'the new token' } },
+          'application/json': {
+            schema: {
+              type: 'object',
+              properties: {
+                token: { type: 'string' },
+                batch: { type: 'array', items: { type: 'object', properties: { token: { type: 'string' }, ...itemError } } },
+              },
+            },
+          },
+        },
+      },
+      ...errors(400, 401, 403, 413, 415, 429),
+    },
+  },
+  keys: {
+    summary: 'Key metadata: ids, states and creation times, never key material',
+    response: { 200: { type: 'object', properties: { keys: { type: 'array', items: keyInfo } } }, ...errors(401, 403, 429) },
+  },
+  rotate: {
+    summary: 'Rotate: make a new primary key (admin)',
+    description: 'New tokens use the new key; older tokens still decrypt. Other servers on the same keyring pick it up within 2 s.',
+    response: { 200: keyInfo, ...errors(401, 403, 409, 429) },
   },
   health: {
     summary: 'Health check for load balancers',
@@ -347,7 +386,7 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
     version: VERSION,
     docs: '/docs',
     openapi: '/openapi.json',
-    routes: ['POST /encrypt', 'POST /decrypt', 'GET /key', 'GET /health'],
+    routes: ['POST /encrypt', 'POST /decrypt', 'POST /rewrap', 'GET /keys', 'POST /keys/rotate', 'GET /key', 'GET /health'],
   }));
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   app.get('/health', { schema: SCHEMAS.health!, config: { rateLimit: false } }, async () => ({ status: 'ok' }));
@@ -384,6 +423,20 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
     return plaintextJson(plaintext, timestamp);
   });
 
+  app.post('/rewrap', { schema: SCHEMAS.rewrap! }, async (req, reply) => {
+    if (Buffer.isBuffer(req.body)) return reply.type('text/plain; charset=utf-8').send((await service.rewrap(req.caller, rawToken(req))) + '\n');
+    const body = req.body as Record<string, unknown> | undefined;
+    if (body === undefined) rawBody(req, 'token');
+    if (body!.batch !== undefined) {
+      if (Object.keys(body!).length !== 1) throw new CryptError('bad_request', 'a batch request has "batch" only');
+      return routes.batch(req, 'rewrap', body!.batch, async (item) => ({ token: await service.rewrap(req.caller, tokenOf(item).token) }));
+    }
+    return { token: await service.rewrap(req.caller, tokenOf(body!).token) };
+  });
+
+  app.get('/keys', { schema: SCHEMAS.keys! }, async (req) => service.keyInfo(req.caller));
+  app.post('/keys/rotate', { schema: SCHEMAS.rotate! }, async (req) => service.rotate(req.caller));
+
   app.get('/key', { schema: SCHEMAS.key! }, async (req, reply) => {
     const key = service.getKey(req.caller);
     if ((req.headers.accept ?? '').includes('application/json')) return reply.send({ key, id: service.keyring.current.primary.id });
@@ -394,6 +447,9 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
   const allowed: Record<string, { allow: string[]; usage: (host: string) => string }> = {
     '/encrypt': { allow: ['POST'], usage: (h) => `use POST: curl -d 'hello' http://${h}/encrypt` },
     '/decrypt': { allow: ['POST'], usage: (h) => `use POST: curl --data-binary @token.txt http://${h}/decrypt` },
+    '/rewrap': { allow: ['POST'], usage: (h) => `use POST: curl --data-binary @token.txt http://${h}/rewrap` },
+    '/keys/rotate': { allow: ['POST'], usage: (h) => `use POST: curl -X POST http://${h}/keys/rotate` },
+    '/keys': { allow: ['GET', 'HEAD'], usage: (h) => `use GET: curl http://${h}/keys` },
     '/key': { allow: ['GET', 'HEAD'], usage: (h) => `use GET: curl http://${h}/key` },
     '/health': { allow: ['GET', 'HEAD'], usage: (h) => `use GET: curl http://${h}/health` },
   };

@@ -7,14 +7,15 @@
  *   file, written atomically (src/files.ts), so concurrent writers can't drop each other's keys.
  * - Each key has a public id (a fingerprint), a creation time and a state: `primary` encrypts,
  *   `active` decrypts, `retired` no longer decrypts but stays in the file.
- * - A running server reloads the file when it changes; a change that fails to load is reported
- *   and the keys in force stay.
+ * - A running server reloads the file when it changes (inotify on the directory, and polling as a
+ *   fallback); a change that fails to load is reported and the keys in force stay. Reloads and
+ *   updates run one at a time, so an older read never replaces a newer set.
  * - Nothing here logs or prints key material; errors name files and ids only.
  */
 import { EventEmitter } from 'node:events';
-import { promises as fs, watchFile, unwatchFile } from 'node:fs';
-import type { Stats } from 'node:fs';
-import { dirname } from 'node:path';
+import { promises as fs, watch, watchFile, unwatchFile } from 'node:fs';
+import type { FSWatcher, Stats } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { FernetKey } from './fernet.js';
 import { CryptError } from './errors.js';
 import { FileError, checkPrivate, removeLeftovers, withLock, writeAtomic } from './files.js';
@@ -156,6 +157,10 @@ export class Keyring extends EventEmitter {
   #text: string;
   readonly file: string | null;
   #watching = false;
+  #dirWatcher: FSWatcher | null = null;
+  /** Reloads and updates of this object run one after another, in order. */
+  #queue: Promise<unknown> = Promise.resolve();
+  #reloadQueued = false;
 
   private constructor(current: KeySet, file: string | null, text: string) {
     super();
@@ -197,44 +202,71 @@ export class Keyring extends EventEmitter {
   }
 
   /** Applies a change to the latest file under the lock, saves it, and puts it in force. */
-  async update(change: (set: KeySet) => KeySet): Promise<KeySet> {
+  update(change: (set: KeySet) => KeySet): Promise<KeySet> {
     const file = this.file;
-    if (file === null) throw new CryptError('conflict', 'keys come from FERNET_KEYS: change that list instead (newest first)');
-    const { set, text } = await withLock(lockPath(file), async () => {
-      await removeLeftovers(file);
-      const latest = await load(file);
-      if (!latest) throw new FileError(`keyring ${file} has disappeared; refusing to write a new one`);
-      const next = change(latest.set);
-      const text = next.serialize();
-      await writeAtomic(file, text);
-      return { set: next, text };
+    if (file === null) return Promise.reject(new CryptError('conflict', 'keys come from FERNET_KEYS: change that list instead (newest first)'));
+    return this.#serial(async () => {
+      const { set, text } = await withLock(lockPath(file), async () => {
+        await removeLeftovers(file);
+        const latest = await load(file);
+        if (!latest) throw new FileError(`keyring ${file} has disappeared; refusing to write a new one`);
+        const next = change(latest.set);
+        const text = next.serialize();
+        await writeAtomic(file, text);
+        return { set: next, text };
+      });
+      this.#install(set, text, 'update');
+      return set;
     });
-    this.#install(set, text, 'update');
-    return set;
   }
 
-  /** Reloads the file now if it changed; a failure is emitted as `error` and the keys stay. */
-  async reload(): Promise<void> {
-    if (this.file === null) return;
-    try {
-      const latest = await load(this.file);
-      if (!latest) throw new FileError(`keyring ${this.file} has disappeared; keeping the keys in force`);
-      if (latest.text !== this.#text) this.#install(latest.set, latest.text, 'reload');
-    } catch (err) {
-      this.emit('error', err);
-    }
+  /** Reloads the file if it changed; a failure is emitted as `error` and the keys stay. */
+  reload(): Promise<void> {
+    if (this.file === null || this.#reloadQueued) return Promise.resolve();
+    this.#reloadQueued = true;
+    const file = this.file;
+    return this.#serial(async () => {
+      this.#reloadQueued = false;
+      try {
+        const latest = await load(file);
+        if (!latest) throw new FileError(`keyring ${file} has disappeared; keeping the keys in force`);
+        if (latest.text !== this.#text) this.#install(latest.set, latest.text, 'reload');
+      } catch (err) {
+        this.emit('error', err);
+      }
+    });
   }
 
-  /** Watches the file for changes made by other processes (polling, every intervalMs). */
+  #serial<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(task, task);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Watches the file for changes made by other processes: inotify on its directory for speed,
+   * and polling every intervalMs for file systems where that doesn't work.
+   */
   watch(intervalMs = 500): void {
     if (this.file === null || this.#watching) return;
     this.#watching = true;
     watchFile(this.file, { interval: intervalMs, persistent: false }, this.#onStat);
+    const name = basename(this.file);
+    try {
+      this.#dirWatcher = watch(dirname(this.file), { persistent: false }, (_event, changed) => {
+        if (changed === null || changed === name) void this.reload();
+      });
+      this.#dirWatcher.on('error', () => this.#dirWatcher?.close());
+    } catch {
+      this.#dirWatcher = null;
+    }
   }
 
   /** Stops watching. */
   close(): void {
     if (this.file !== null && this.#watching) unwatchFile(this.file, this.#onStat);
+    this.#dirWatcher?.close();
+    this.#dirWatcher = null;
     this.#watching = false;
   }
 

@@ -43,7 +43,10 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-const describeKeys = (set: KeySet): { primary: string; keys: number } => ({ primary: set.primary.id, keys: set.info().length });
+const describeKeys = (set: KeySet): { primary: string; keys: number; retired: number } => {
+  const info = set.info();
+  return { primary: set.primary.id, keys: info.length, retired: info.filter((k) => k.state === 'retired').length };
+};
 
 /** Checks protected mode; returns a warning to log when --insecure overrides it. */
 export function checkExposure(config: Pick<ServerConfig, 'host' | 'tokensFile' | 'insecure'>): string | null {
