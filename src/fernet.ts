@@ -10,6 +10,9 @@
  *   token's IV is folded into its first block (block ^ IV ^ last block of the stream), which
  *   gives exactly the ciphertext of a fresh CBC with that IV. The HMAC is two one-shot SHA-256
  *   calls over `ipad || data` and `opad || inner`. IVs come from a pooled CSPRNG buffer.
+ * - A message over 64 KiB is not staged: the cipher reads it in place and writes the token's
+ *   buffer, whose base64 is then one flat string (concatenated strings would cost a flattening
+ *   copy at the next use).
  *   All of this state is used synchronously, so one thread never interleaves two tokens.
  */
 import { createCipheriv, createDecipheriv, createHash, hash, randomFillSync, timingSafeEqual } from 'node:crypto';
@@ -65,6 +68,8 @@ function workspace(n: number): Buffer {
 }
 
 const outer = Buffer.allocUnsafeSlow(HMAC_BLOCK + 32);
+const computedMac = outer.subarray(0, MAC);
+const givenMac = Buffer.allocUnsafeSlow(MAC);
 
 /** A Fernet key: a 128-bit signing key and a 128-bit encryption key, with a non-secret id. */
 export class FernetKey {
@@ -119,6 +124,7 @@ export class FernetKey {
 
   /** Encrypts with a given timestamp and IV (null: a fresh one): the seam for the spec vectors. */
   encryptWith(message: Uint8Array, time: number, iv: Uint8Array | null): string {
+    if (message.length > SCRATCH_MAX) return this.#encryptLarge(message, time, iv);
     const length = message.length;
     const padded = (Math.floor(length / BLOCK) + 1) * BLOCK;
     const size = OVERHEAD + padded;
@@ -142,20 +148,51 @@ export class FernetKey {
     return buf.toString('base64url', t, t + size) + PADDING[size % 3];
   }
 
-  /** HMAC of buf[64, end) into out[at, at + 32); buf[0, 64) is overwritten with this key's ipad. */
+  /** encryptWith for a message of more than 64 KiB, read in place by the cipher (see the rules above). */
+  #encryptLarge(message: Uint8Array, time: number, iv: Uint8Array | null): string {
+    const length = message.length;
+    const full = length - (length % BLOCK);
+    const size = OVERHEAD + full + BLOCK;
+    const buf = Buffer.allocUnsafe(HMAC_BLOCK + size);
+    const t = HMAC_BLOCK;
+    buf[t] = VERSION;
+    buf.writeUInt32BE(Math.floor(time / 0x100000000), t + 1);
+    buf.writeUInt32BE(time >>> 0, t + 5);
+    if (iv) buf.set(iv.subarray(0, BLOCK), t + 9);
+    else writeIv(buf, t + 9);
+    const first = Buffer.from(message.subarray(0, BLOCK));
+    const chain = this.#encChain;
+    for (let i = 0; i < BLOCK; i++) first[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
+    const last = Buffer.alloc(BLOCK, BLOCK - (length - full));
+    last.set(message.subarray(full));
+    let at = t + HEADER;
+    for (const part of [this.#enc.update(first), this.#enc.update(message.subarray(BLOCK, full)), this.#enc.update(last)]) {
+      part.copy(buf, at);
+      at += part.length;
+    }
+    this.#encChain = Buffer.from(buf.subarray(at - BLOCK, at));
+    this.#mac(buf, at, buf, at);
+    return buf.toString('base64url', t, t + size) + PADDING[size % 3];
+  }
+
+  /**
+   * HMAC of buf[64, end) into out[at, at + 32); buf[0, 64) is overwritten with this key's ipad.
+   * The digests come back as latin1 ('binary') strings: Node makes a 32-character string much
+   * faster than a Buffer, and writing it into our scratch is byte for byte the same.
+   */
   #mac(buf: Buffer, end: number, out: Buffer, at: number): void {
     this.#ipad.copy(buf, 0);
-    const inner = hash('sha256', buf.subarray(0, end), 'buffer') as unknown as Buffer;
+    outer.write(hash('sha256', buf.subarray(0, end), 'binary'), HMAC_BLOCK, 'latin1');
     this.#opad.copy(outer, 0);
-    inner.copy(outer, HMAC_BLOCK);
-    (hash('sha256', outer, 'buffer') as unknown as Buffer).copy(out, at);
+    out.write(hash('sha256', outer, 'binary'), at, 'latin1');
   }
 
   /** True when the MAC of the decoded token in buf[64, 64 + size) verifies under this key. */
   #verify(buf: Buffer, size: number): boolean {
     const end = HMAC_BLOCK + size - MAC;
     this.#mac(buf, end, outer, 0);
-    return timingSafeEqual(outer.subarray(0, MAC), buf.subarray(end, end + MAC));
+    buf.copy(givenMac, 0, end, end + MAC);
+    return timingSafeEqual(computedMac, givenMac);
   }
 
   /** Decrypts the verified token in buf[64, 64 + size); throws invalid_token on bad padding. */
