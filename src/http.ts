@@ -304,7 +304,9 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
     keepAliveTimeout: options.idleTimeoutMs > 0 ? Math.min(options.idleTimeoutMs, 72_000) : 72_000,
     requestTimeout: 60_000,
     return503OnClosing: true,
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
+    // no coercion, no silent removal; strictTypes off because batch items declare properties
+    // without type "object" on purpose: a non-object item must reach the handler and fail alone
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, strictTypes: false } },
     frameworkErrors: (_err, _req, reply) => {
       void (reply as unknown as FastifyReply).code(400).send({ error: errorBody(new CryptError('bad_request', 'malformed URL')) });
     },
@@ -332,24 +334,32 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
     socket.once('close', () => open--);
   });
 
-  app.addHook('onRequest', async (req, reply) => {
+  // callback hooks, not async ones: no promise per request on the hot path
+  app.addHook('onRequest', (req, reply, done) => {
     if (excess.has(req.socket)) {
       log.warn({ remote: req.socket.remoteAddress, limit: options.maxConnections }, 'http connection refused: too many connections');
       reply.header('connection', 'close');
-      throw new CryptError('busy', 'too many connections, try again later');
+      return done(new CryptError('busy', 'too many connections, try again later'));
     }
-    const loopback = isLoopback(req.socket.remoteAddress);
-    req.caller = { role: null, loopback };
+    req.caller = { role: null, loopback: isLoopback(req.socket.remoteAddress) };
     const auth = req.headers.authorization;
     if (auth !== undefined) {
       const m = /^Bearer +(\S+)$/i.exec(auth);
-      if (!m) throw new CryptError('unauthorized', 'the Authorization header must be: Bearer <token>');
-      req.caller.role = service.authenticate(req.caller, m[1]!);
+      if (!m) return done(new CryptError('unauthorized', 'the Authorization header must be: Bearer <token>'));
+      try {
+        req.caller.role = service.authenticate(req.caller, m[1]!);
+      } catch (err) {
+        return done(err as Error);
+      }
     }
+    done();
   });
-  app.addHook('onResponse', async (req, reply) => {
-    if (log.isLevelEnabled('debug')) log.debug({ method: req.method, route: req.routeOptions.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'http request');
-  });
+  if (log.isLevelEnabled('debug')) {
+    app.addHook('onResponse', (req, reply, done) => {
+      log.debug({ method: req.method, route: req.routeOptions.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'http request');
+      done();
+    });
+  }
 
   await app.register(swagger, {
     openapi: {

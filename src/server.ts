@@ -13,8 +13,8 @@ import { Keyring } from './keyring.js';
 import type { KeySet } from './keyring.js';
 import { AccessTokens, Policy } from './access.js';
 import { CryptService } from './service.js';
+import { CryptoPool, defaultThreads } from './pool.js';
 import { TcpServer } from './tcp.js';
-import { listenHttp } from './http.js';
 import type { HttpServer } from './http.js';
 import type { ServerConfig } from './config.js';
 import { errorFields } from './log.js';
@@ -74,7 +74,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
   else log.info({ keyring: keyring.file, ...describeKeys(keyring.current) }, 'loaded keyring');
 
   const tls = config.tlsCert && config.tlsKey ? { cert: await readPem(config.tlsCert), key: await readPem(config.tlsKey) } : undefined;
-  const service = new CryptService(keyring, new Policy(tokens, config.getKey), config.maxFrame);
+  const pool = new CryptoPool(defaultThreads(config.workers), keyring.current);
+  const service = new CryptService(keyring, new Policy(tokens, config.getKey), config.maxFrame, pool);
 
   let tcp: TcpServer;
   try {
@@ -87,12 +88,15 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       handshakeTimeoutMs: config.handshakeTimeout * 1000,
     }, log);
   } catch (err) {
+    await pool.close();
     throw listenError(err, config.host, config.port);
   }
   log.info({ proto: tls ? 'tcp+tls' : 'tcp', host: config.host, port: tcp.address.port }, 'listening');
 
   let http: HttpServer | null = null;
   if (config.http) {
+    // loaded only when asked for: Fastify and its plugins cost about 20 MB of memory
+    const { listenHttp } = await import('./http.js');
     try {
       http = await listenHttp(service, {
         host: config.host,
@@ -106,6 +110,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       }, log);
     } catch (err) {
       await tcp.close();
+      await pool.close();
       throw listenError(err, config.host, config.httpPort);
     }
     log.info({ proto: tls ? 'https' : 'http', host: config.host, port: http.address.port }, 'listening');
@@ -129,6 +134,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     async close() {
       log.info('shutting down');
       await Promise.all([tcp.close(), http?.close()]);
+      await pool.close();
       keyring.close();
       tokens?.close();
       log.info('stopped');

@@ -5,11 +5,15 @@
  * - Every operation authorizes its caller first (src/access.ts), then checks sizes, then works.
  * - Errors are CryptErrors from the catalogue; their messages carry sizes and limits, never data.
  * - The keyring sits beside the service: each operation reads the keys in force at its start.
+ * - Payloads of 64 KiB or more go to worker threads when a pool is given (src/pool.ts); the
+ *   result is then a promise. Smaller ones are done at once: no promise on the hot path.
  */
 import { decrypt, tokenLength } from './fernet.js';
 import { CryptError } from './errors.js';
-import type { Keyring, KeyInfo } from './keyring.js';
+import type { Keyring, KeyInfo, KeySet } from './keyring.js';
 import type { Caller, Policy, Role } from './access.js';
+import { OFFLOAD_BYTES } from './pool.js';
+import type { CryptoPool } from './pool.js';
 
 /** A decrypted message and the creation time of its token (seconds since the epoch). */
 export interface Decrypted {
@@ -35,32 +39,40 @@ export class CryptService {
   /** Largest token accepted, in characters: the token of a largest message. */
   readonly maxToken: number;
 
-  constructor(keyring: Keyring, policy: Policy, maxMessage: number) {
+  readonly #pool: CryptoPool | null;
+
+  constructor(keyring: Keyring, policy: Policy, maxMessage: number, pool: CryptoPool | null = null) {
     this.keyring = keyring;
     this.policy = policy;
     this.maxMessage = maxMessage;
     this.maxToken = tokenLength(maxMessage);
+    this.#pool = pool;
+    if (pool) keyring.on('change', (set: KeySet) => pool.updateKeys(set));
   }
 
   /** Encrypts a message under the primary key. */
-  encrypt(caller: Caller, plaintext: Uint8Array): string {
+  encrypt(caller: Caller, plaintext: Uint8Array): string | Promise<string> {
     this.policy.authorize('encrypt', caller);
     this.#checkMessage(plaintext);
+    if (this.#pool && plaintext.length >= OFFLOAD_BYTES) return this.#pool.encrypt(plaintext);
     return this.keyring.current.primary.encrypt(plaintext);
   }
 
   /** Decrypts a token with the keys in force, optionally refusing tokens older than ttl seconds. */
-  decrypt(caller: Caller, token: string | Uint8Array, ttl?: number): Decrypted {
+  decrypt(caller: Caller, token: string | Uint8Array, ttl?: number): Decrypted | Promise<Decrypted> {
     this.policy.authorize('decrypt', caller);
     this.#checkToken(token);
-    const { plaintext, timestamp } = decrypt(this.keyring.current.decrypting, token, { ttl: checkTtl(ttl) });
+    const maxAge = checkTtl(ttl);
+    if (this.#pool && token.length >= OFFLOAD_BYTES) return this.#pool.decrypt(token, maxAge);
+    const { plaintext, timestamp } = decrypt(this.keyring.current.decrypting, token, { ttl: maxAge });
     return { plaintext, timestamp };
   }
 
   /** Re-encrypts a token under the primary key, keeping its timestamp; never returns plaintext. */
-  rewrap(caller: Caller, token: string | Uint8Array): string {
+  rewrap(caller: Caller, token: string | Uint8Array): string | Promise<string> {
     this.policy.authorize('rewrap', caller);
     this.#checkToken(token);
+    if (this.#pool && token.length >= OFFLOAD_BYTES) return this.#pool.rewrap(token);
     const keys = this.keyring.current;
     const { plaintext, timestamp } = decrypt(keys.decrypting, token);
     return keys.primary.encrypt(plaintext, timestamp);

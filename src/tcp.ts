@@ -18,7 +18,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { CryptError, toCryptError } from './errors.js';
 import { FrameDecoder, encodeError, encodeResult, isFault } from './protocol.js';
 import type { Decoded, Frame } from './protocol.js';
-import type { CryptService } from './service.js';
+import type { CryptService, Decrypted } from './service.js';
 import type { Caller } from './access.js';
 import { errorFields } from './log.js';
 import type { Logger } from './log.js';
@@ -38,6 +38,8 @@ export interface TcpOptions {
 export const MAX_AUTH_FAILURES = 3;
 /** Outstanding asynchronous results per connection before reading pauses. */
 const MAX_OUTSTANDING = 64;
+/** Batches up to this many bytes are copied into one buffer for one write; larger ones are corked. */
+const COPY_LIMIT = 64 * 1024;
 /** How long a closing connection waits for the client to close its side. */
 const LINGER_MS = 2000;
 
@@ -60,10 +62,12 @@ const ttlOption = (frame: Frame): number | undefined => {
   return Number(ttl);
 };
 
+const plaintextOf = (r: Decrypted | Promise<Decrypted>): Buffer | Promise<Buffer> => (r instanceof Promise ? r.then((d) => d.plaintext) : r.plaintext);
+
 /** The commands of the TCP protocol; see docs/protocol.md. */
 export const COMMANDS: Readonly<Record<string, Command>> = {
   en: { options: [], run: (c, f) => c.service.encrypt(c.caller, f.payload) },
-  de: { options: ['ttl'], run: (c, f) => c.service.decrypt(c.caller, f.payload, ttlOption(f)).plaintext },
+  de: { options: ['ttl'], run: (c, f) => plaintextOf(c.service.decrypt(c.caller, f.payload, ttlOption(f))) },
   rw: { options: [], run: (c, f) => c.service.rewrap(c.caller, f.payload) },
   gk: { options: [], run: (c, f) => (noPayload(f), c.service.getKey(c.caller)) },
   ki: { options: [], run: (c, f) => (noPayload(f), JSON.stringify(c.service.keyInfo(c.caller))) },
@@ -167,6 +171,7 @@ class Connection {
   readonly socket: Socket;
   readonly service: CryptService;
   readonly caller: Caller;
+  readonly remote: string | undefined;
   readonly #log: Logger;
   readonly #decoder: FrameDecoder;
   #batch: Chunk[] = [];
@@ -182,9 +187,9 @@ class Connection {
     this.socket = socket;
     this.service = server.service;
     this.#log = server.log;
-    this.caller = { role: null, loopback: isLoopback(socket.remoteAddress) };
+    this.remote = socket.remoteAddress;
+    this.caller = { role: null, loopback: isLoopback(this.remote) };
     this.#decoder = new FrameDecoder(Math.max(server.service.maxToken, server.service.maxMessage));
-    socket.setNoDelay(true);
     if (server.options.idleTimeoutMs > 0) socket.setTimeout(server.options.idleTimeoutMs, () => this.#idle());
     socket.on('data', (chunk: Buffer) => this.#handle(this.#decoder.push(chunk)));
     socket.on('end', () => {
@@ -192,12 +197,15 @@ class Connection {
       this.#stop();
     });
     socket.on('drain', () => this.#resume());
-    socket.on('error', (err) => this.#log.debug({ remote: socket.remoteAddress, err: errorFields(err) }, 'connection error'));
+    // debug lines are built only when debug is on: a reset client would otherwise cost a stack format
+    socket.on('error', (err) => {
+      if (this.#log.isLevelEnabled('debug')) this.#log.debug({ remote: this.remote, err: errorFields(err) }, 'connection error');
+    });
     socket.on('close', () => {
-      this.#log.debug({ remote: socket.remoteAddress }, 'connection closed');
+      if (this.#log.isLevelEnabled('debug')) this.#log.debug({ remote: this.remote }, 'connection closed');
       this.#onIdle?.();
     });
-    this.#log.debug({ remote: socket.remoteAddress }, 'connection opened');
+    if (this.#log.isLevelEnabled('debug')) this.#log.debug({ remote: this.remote }, 'connection opened');
   }
 
   /** Checks a presented secret; repeated failures close the connection. */
@@ -209,7 +217,7 @@ class Connection {
       return `ok ${role}`;
     } catch (err) {
       if (++this.#failures >= MAX_AUTH_FAILURES) {
-        this.#log.warn({ remote: this.socket.remoteAddress, failures: this.#failures }, 'closing connection after failed authentications');
+        this.#log.warn({ remote: this.remote, failures: this.#failures }, 'closing connection after failed authentications');
         this.#stopping = true;
         throw new CryptError('unauthorized', `invalid access token; closing after ${MAX_AUTH_FAILURES} failures`);
       }
@@ -259,7 +267,13 @@ class Connection {
       this.#reply([this.#error(err, frame)]);
       return;
     }
-    if (typeof result === 'string' || Buffer.isBuffer(result)) {
+    if (typeof result === 'string') {
+      // tokens, keys and JSON: always bare; the common case skips encodeResult's array
+      if (this.#slots.length === 0) this.#batch.push(result + '\n');
+      else this.#slots.push({ chunks: [result + '\n'] });
+      return;
+    }
+    if (Buffer.isBuffer(result)) {
       this.#reply(encodeResult(result));
       return;
     }
@@ -275,7 +289,7 @@ class Connection {
   #error(err: unknown, frame: Frame): string {
     const e = toCryptError(err);
     if (e.code === 'internal') this.#log.error({ command: frame.command, err: errorFields(err) }, 'internal error');
-    else this.#log.debug({ command: frame.command, code: e.code }, 'request failed');
+    else if (this.#log.isLevelEnabled('debug')) this.#log.debug({ command: frame.command, code: e.code }, 'request failed');
     return encodeError(e);
   }
 
@@ -303,6 +317,10 @@ class Connection {
     if (this.#stopping) this.#stop();
   }
 
+  /**
+   * Writes the batch in one write: one string when every reply is a string (tokens, keys, JSON,
+   * errors: all ASCII), else one buffer, except that large batches are corked instead of copied.
+   */
   #flush(): void {
     const batch = this.#batch;
     if (batch.length === 0 || this.socket.destroyed) return;
@@ -311,10 +329,19 @@ class Connection {
     if (this.#strings) {
       ok = this.socket.write(batch.length === 1 ? (batch[0] as string) : batch.join(''), 'latin1');
     } else {
-      this.socket.cork();
-      for (const c of batch) ok = this.socket.write(c, 'latin1');
-      this.socket.uncork();
-      ok = !this.socket.writableNeedDrain;
+      let size = 0;
+      for (const c of batch) size += c.length;
+      if (size > COPY_LIMIT) {
+        this.socket.cork();
+        for (const c of batch) this.socket.write(c, 'latin1');
+        this.socket.uncork();
+        ok = !this.socket.writableNeedDrain;
+      } else {
+        const out = Buffer.allocUnsafe(size);
+        let at = 0;
+        for (const c of batch) at += typeof c === 'string' ? out.write(c, at, 'latin1') : c.copy(out, at);
+        ok = this.socket.write(out);
+      }
     }
     this.#strings = true;
     if (!ok) this.socket.pause();
@@ -338,7 +365,7 @@ class Connection {
   }
 
   #idle(): void {
-    this.#log.debug({ remote: this.socket.remoteAddress }, 'closing idle connection');
+    this.#log.debug({ remote: this.remote }, 'closing idle connection');
     this.#reply([encodeError(new CryptError('timeout', 'connection idle for too long, closing'))]);
     this.#flush();
     this.#stop();
