@@ -2,7 +2,8 @@
  * crypt-server's command line: serve, or manage the keyring with `keys`.
  *
  * Exit codes: 0 after a clean shutdown or a successful keys command, 1 when the server can't
- * start or a keys command fails, 2 for usage and configuration errors.
+ * start or a keys command fails, 2 for usage and configuration errors. With --workers n, this
+ * process supervises n workers that run the server (src/cluster.ts).
  */
 import yargs from 'yargs';
 import type { Argv } from 'yargs';
@@ -12,6 +13,7 @@ import type { ServerConfig } from '../config.js';
 import { Keyring } from '../keyring.js';
 import { createLogger } from '../log.js';
 import { startServer } from '../server.js';
+import { isWorker, runPrimary, workerDone, workerReady } from '../cluster.js';
 import { CryptError } from '../errors.js';
 import { FileError } from '../files.js';
 import { VERSION } from '../version.js';
@@ -68,16 +70,27 @@ export async function run(argv: string[], io: Io, signals: NodeJS.EventEmitter =
 
 async function serve(config: ServerConfig, io: Io, signals: NodeJS.EventEmitter): Promise<number> {
   const log = createLogger(config.logLevel, io.stdout);
+  if (config.workers > 1 && !isWorker()) {
+    try {
+      return await runPrimary(config, log, signals);
+    } catch (err) {
+      complain(io, PROGRAM, (err as Error).message);
+      return EXIT.failed;
+    }
+  }
   let server;
   try {
     server = await startServer(config, log);
   } catch (err) {
     complain(io, PROGRAM, (err as Error).message);
+    workerDone();
     return EXIT.failed;
   }
+  if (isWorker()) workerReady(signals);
   const [signal] = (await Promise.race([once(signals, 'SIGINT'), once(signals, 'SIGTERM')])) as [string | undefined];
   log.info({ signal: signal ?? 'signal' }, 'signal received');
   await server.close();
+  workerDone();
   return EXIT.ok;
 }
 
