@@ -1,0 +1,196 @@
+/**
+ * `npm run bench`: every figure of the performance issue, each beside its baseline as a ratio.
+ *
+ *   npm run bench                  the full run (about 6 minutes on 2 cores)
+ *   npm run bench -- --quick       shorter measurements, for a first look
+ *   npm run bench -- --only tcp    one suite: fernet, tcp, http, memory
+ *
+ * Results go to bench/results/latest.json (and a dated copy). Servers run as separate processes;
+ * the load generators run in this one. Each server figure is the median of its rounds.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { fernetTable, runFernet } from './fernet.js';
+import type { CoreResult } from './fernet.js';
+import { runLoad } from './load.js';
+import type { LoadOptions, LoadResult } from './load.js';
+import { runHttp } from './http.js';
+import type { HttpResult } from './http.js';
+import { idleConnections, largeInFlight } from './memory.js';
+import { PATHS, startCrypt, startProcess } from './servers.js';
+import type { Running } from './servers.js';
+import { format, machine, median, table } from './stats.js';
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const onlyAt = args.indexOf('--only');
+const only = onlyAt === -1 ? null : new Set((args[onlyAt + 1] ?? '').split(','));
+const want = (suite: string) => !only || only.has(suite);
+const seconds = quick ? 2 : 5;
+const rounds = quick ? 1 : 3;
+const log = (line: string) => process.stdout.write(line + '\n');
+const PY = '/usr/bin/python3';
+
+type Server = () => Promise<Running>;
+const SERVERS: Record<string, Server> = {
+  crypt: () => startCrypt(),
+  'crypt --workers 2': () => startCrypt(['--workers', '2']),
+  'plain Node baseline': () => startProcess('plain Node baseline', process.execPath, [PATHS.baseline]),
+  'Node, no crypto': () => startProcess('Node, no crypto', process.execPath, [PATHS.baseline, '--no-crypto']),
+  'asyncio, drain each (idiomatic)': () => startProcess('asyncio', PY, [PATHS.python('asyncio_server.py'), '--drain-each']),
+  'asyncio, tuned': () => startProcess('asyncio tuned', PY, [PATHS.python('asyncio_server.py')]),
+  'old tool design': () => startProcess('old tool design', PY, [PATHS.python('old_tool_server.py')]),
+};
+
+/** A load against one server: rounds of measurement, the median of each figure. */
+async function measure(start: Server, options: Omit<LoadOptions, 'port' | 'seconds'>): Promise<LoadResult> {
+  const runs: LoadResult[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const server = await start();
+    try {
+      runs.push(await runLoad({ ...options, port: server.port, seconds }));
+    } finally {
+      await server.stop();
+    }
+  }
+  return {
+    requests: median(runs.map((r) => r.requests)),
+    rps: median(runs.map((r) => r.rps)),
+    p50: median(runs.map((r) => r.p50)),
+    p99: median(runs.map((r) => r.p99)),
+    errors: runs.reduce((a, r) => a + r.errors, 0),
+  };
+}
+
+interface Scenario {
+  name: string;
+  options: Omit<LoadOptions, 'port' | 'seconds'>;
+  servers: string[];
+}
+
+const SCENARIOS: Scenario[] = [
+  { name: 'sequential (8 connections, 1 in flight each)', options: { connections: 8, depth: 1 }, servers: ['crypt', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
+  { name: 'pipelined (8 connections, 16 in flight each)', options: { connections: 8, depth: 16 }, servers: ['crypt', 'crypt --workers 2', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
+  { name: 'connection per request (8 clients)', options: { connections: 8, depth: 1, perRequest: true }, servers: ['crypt', 'plain Node baseline', 'old tool design'] },
+  { name: 'sequential, 16 connections (latency)', options: { connections: 16, depth: 1 }, servers: ['crypt'] },
+];
+
+interface Results {
+  date: string;
+  machine: Record<string, string | number>;
+  settings: { seconds: number; rounds: number; quick: boolean };
+  fernet?: { results: CoreResult[]; python: string | null };
+  tcp?: Record<string, Record<string, LoadResult>>;
+  http?: Record<string, HttpResult>;
+  memory?: { crypt: { before: number; idle: number; perConnectionKiB: number }; baseline: { before: number; idle: number; perConnectionKiB: number }; largeInFlight: { rps: number; p50: number; p99: number; peakMiB: number; errors: number } };
+  targets?: Array<{ target: string; measured: string; met: boolean }>;
+}
+
+async function main(): Promise<void> {
+  const results: Results = { date: new Date().toISOString(), machine: machine(), settings: { seconds, rounds, quick } };
+  log(`crypt benchmarks, ${results.date}`);
+  log(Object.entries(results.machine).map(([k, v]) => `${k}: ${v}`).join('; '));
+  log(`${seconds} s per measurement, ${rounds} round(s) each, median reported\n`);
+
+  if (want('fernet')) {
+    log('Fernet core (ops/s; ratios are crypt / other)');
+    results.fernet = runFernet(quick ? 0.6 : 1.5, log);
+    log(fernetTable(results.fernet.results) + '\n');
+  }
+
+  if (want('tcp')) {
+    results.tcp = {};
+    for (const s of SCENARIOS) {
+      log(`TCP ${s.name}, 100-byte messages, every reply checked`);
+      const rows: Array<Array<string | number>> = [];
+      const figures: Record<string, LoadResult> = {};
+      for (const name of s.servers) {
+        const r = await measure(SERVERS[name]!, s.options);
+        figures[name] = r;
+        rows.push([name, r.rps, r.p50, r.p99, r.errors]);
+        log(`  ${name}: ${format(r.rps)} req/s`);
+      }
+      const crypt = figures.crypt!.rps;
+      log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors'], rows.map((r) => [...r.slice(0, 4), r[4]!, r[0] === 'crypt' ? '1.00x' : `crypt ${format(crypt / (r[1] as number))}x`])) + '\n');
+      results.tcp[s.name] = figures;
+    }
+  }
+
+  if (want('http')) {
+    log('HTTP (autocannon, 8 connections, encrypt then decrypt, every reply checked)');
+    const http: Record<string, HttpResult> = {};
+    for (const [name, start] of [['crypt', () => startCrypt(['--http', '--http-port', '0'])], ['plain node:http baseline', () => startProcess('http baseline', process.execPath, [PATHS.baseline, '--http'])]] as const) {
+      const runs: HttpResult[] = [];
+      for (let i = 0; i < rounds; i++) {
+        const server = await start();
+        try {
+          runs.push(await runHttp(server.httpPort ?? server.port, seconds));
+        } finally {
+          await server.stop();
+        }
+      }
+      http[name] = { rps: median(runs.map((r) => r.rps)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), errors: runs.reduce((a, r) => a + r.errors, 0) };
+    }
+    results.http = http;
+    log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors'], Object.entries(http).map(([n, r]) => [n, r.rps, r.p50, r.p99, r.errors])) + '\n');
+  }
+
+  if (want('memory')) {
+    log('Memory');
+    const crypt = await startCrypt();
+    const ours = await idleConnections(crypt);
+    await crypt.stop();
+    const base = await startProcess('baseline', process.execPath, [PATHS.baseline]);
+    const theirs = await idleConnections(base);
+    await base.stop();
+    const heavy = await startCrypt();
+    const inFlight = await largeInFlight(heavy, seconds);
+    await heavy.stop();
+    results.memory = { crypt: ours, baseline: theirs, largeInFlight: inFlight };
+    log(table(['', 'RSS before MiB', 'RSS with 10,000 idle MiB', 'KiB per connection'], [['crypt', ours.before, ours.idle, ours.perConnectionKiB], ['plain Node baseline', theirs.before, theirs.idle, theirs.perConnectionKiB]]));
+    log(`1 MiB request always in flight: 100-byte requests at ${format(inFlight.rps)} req/s, p50 ${format(inFlight.p50)} ms, p99 ${format(inFlight.p99)} ms; peak RSS ${format(inFlight.peakMiB)} MiB; errors ${inFlight.errors}\n`);
+  }
+
+  results.targets = targets(results);
+  if (results.targets.length) {
+    log('Targets');
+    log(table(['target', 'measured', 'met'], results.targets.map((t) => [t.target, t.measured, t.met ? 'yes' : 'NO'])));
+  }
+  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+  mkdirSync(dir, { recursive: true });
+  const json = JSON.stringify(results, null, 2) + '\n';
+  if (!only && !quick) writeFileSync(`${dir}latest.json`, json);
+  writeFileSync(`${dir}${results.date.replace(/[:.]/g, '-')}${quick ? '-quick' : ''}${only ? '-partial' : ''}.json`, json);
+  log(`\nresults written to bench/results/`);
+}
+
+function targets(r: Results): Array<{ target: string; measured: string; met: boolean }> {
+  const out: Array<{ target: string; measured: string; met: boolean }> = [];
+  const ratioTarget = (target: string, a: number | undefined, b: number | undefined, min: number) => {
+    if (!a || !b) return;
+    out.push({ target, measured: `${(a / b).toFixed(2)}x (${format(a)} / ${format(b)})`, met: a / b >= min });
+  };
+  const tcp = (scenario: string, server: string) => r.tcp?.[SCENARIOS.find((s) => s.name.startsWith(scenario))!.name]?.[server];
+  const seq = 'sequential (8';
+  const pipe = 'pipelined';
+  ratioTarget('TCP pipelined >= 1.3x plain Node', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'plain Node baseline')?.rps, 1.3);
+  ratioTarget('TCP pipelined >= 8x asyncio (idiomatic)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'asyncio, drain each (idiomatic)')?.rps, 8);
+  ratioTarget('TCP pipelined >= 8x asyncio (tuned)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'asyncio, tuned')?.rps, 8);
+  ratioTarget('TCP sequential >= 1.0x plain Node', tcp(seq, 'crypt')?.rps, tcp(seq, 'plain Node baseline')?.rps, 1.0);
+  ratioTarget('TCP sequential >= 3x asyncio (idiomatic)', tcp(seq, 'crypt')?.rps, tcp(seq, 'asyncio, drain each (idiomatic)')?.rps, 3);
+  ratioTarget('TCP sequential >= 3x asyncio (tuned)', tcp(seq, 'crypt')?.rps, tcp(seq, 'asyncio, tuned')?.rps, 3);
+  ratioTarget('connection per request >= 2x old design', tcp('connection per request', 'crypt')?.rps, tcp('connection per request', 'old tool design')?.rps, 2);
+  const core = (impl: string, size: number) => r.fernet?.results.find((x) => x.impl === impl && x.size === size && x.op === 'roundtrip')?.ops;
+  ratioTarget('Fernet round trip >= 2.5x Python, 16 B', core('crypt', 16), core('python cryptography', 16), 2.5);
+  ratioTarget('Fernet round trip >= 2.5x Python, 1 MiB', core('crypt', 1 << 20), core('python cryptography', 1 << 20), 2.5);
+  if (r.memory) {
+    const mb = (r.memory.crypt.idle * 1048576) / 1e6;
+    out.push({ target: '10,000 idle connections < 150 MB RSS', measured: `${format(mb)} MB (${format(r.memory.crypt.idle)} MiB)`, met: mb < 150 });
+    out.push({ target: 'p99 < 20 ms beside a 1 MiB request', measured: `${format(r.memory.largeInFlight.p99)} ms`, met: r.memory.largeInFlight.p99 < 20 });
+  }
+  const lat = tcp('sequential, 16', 'crypt');
+  if (lat) out.push({ target: 'p99 < 5 ms at 16 sequential connections', measured: `${format(lat.p99)} ms`, met: lat.p99 < 5 });
+  return out;
+}
+
+await main();
