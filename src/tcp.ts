@@ -104,7 +104,7 @@ export class TcpServer {
         allowHalfOpen: true,
       }, (socket) => this.#accept(socket));
       this.#server.on('tlsClientError', (err, socket) => {
-        log.debug({ remote: socket.remoteAddress, err: errorFields(err) }, 'tls handshake failed');
+        if (log.isLevelEnabled('debug')) log.debug({ remote: socket.remoteAddress, err: errorFields(err) }, 'tls handshake failed');
         socket.destroy();
       });
     } else {
@@ -156,6 +156,8 @@ export class TcpServer {
       socket.setTimeout(1000, () => socket.destroy());
       return;
     }
+    // the plain listener sets noDelay for every socket; TLS sockets need it here
+    if (this.options.tls) socket.setNoDelay(true);
     const conn = new Connection(this, socket);
     this.#connections.add(conn);
     socket.once('close', () => this.#connections.delete(conn));
