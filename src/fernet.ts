@@ -57,6 +57,15 @@ function writeIv(dst: Buffer, offset: number): void {
   ivPos += BLOCK;
 }
 
+/** Writes version, timestamp and IV (given, or fresh from the pool) at buf[t, t + 25). */
+function writeHeader(buf: Buffer, t: number, time: number, iv: Uint8Array | null): void {
+  buf[t] = VERSION;
+  buf.writeUInt32BE(Math.floor(time / 0x100000000), t + 1);
+  buf.writeUInt32BE(time >>> 0, t + 5);
+  if (iv) buf.set(iv.subarray(0, BLOCK), t + 9);
+  else writeIv(buf, t + 9);
+}
+
 let scratch = Buffer.allocUnsafeSlow(4096);
 const SCRATCH_MAX = 64 * 1024;
 
@@ -131,11 +140,7 @@ export class FernetKey {
     const buf = workspace(HMAC_BLOCK + size + padded);
     // layout: [ipad 64][version ts iv ciphertext mac][plaintext staging]
     const t = HMAC_BLOCK;
-    buf[t] = VERSION;
-    buf.writeUInt32BE(Math.floor(time / 0x100000000), t + 1);
-    buf.writeUInt32BE(time >>> 0, t + 5);
-    if (iv) buf.set(iv.subarray(0, BLOCK), t + 9);
-    else writeIv(buf, t + 9);
+    writeHeader(buf, t, time, iv);
     const pt = buf.subarray(t + size, t + size + padded);
     pt.set(message);
     pt.fill(padded - length, length);
@@ -155,11 +160,7 @@ export class FernetKey {
     const size = OVERHEAD + full + BLOCK;
     const buf = Buffer.allocUnsafe(HMAC_BLOCK + size);
     const t = HMAC_BLOCK;
-    buf[t] = VERSION;
-    buf.writeUInt32BE(Math.floor(time / 0x100000000), t + 1);
-    buf.writeUInt32BE(time >>> 0, t + 5);
-    if (iv) buf.set(iv.subarray(0, BLOCK), t + 9);
-    else writeIv(buf, t + 9);
+    writeHeader(buf, t, time, iv);
     const first = Buffer.from(message.subarray(0, BLOCK));
     const chain = this.#encChain;
     for (let i = 0; i < BLOCK; i++) first[i]! ^= buf[t + 9 + i]! ^ chain[i]!;

@@ -26,19 +26,13 @@ import { checkTtl } from './service.js';
 import type { CryptService } from './service.js';
 import type { Caller, Operation } from './access.js';
 import { isLoopback } from './tcp.js';
+import type { ListenOptions } from './tcp.js';
 import { errorFields } from './log.js';
 import type { Logger } from './log.js';
 import { VERSION } from './version.js';
 
-/** Listener settings. */
-export interface HttpOptions {
-  host: string;
-  port: number;
-  tls?: { cert: Buffer; key: Buffer } | undefined;
-  maxConnections: number;
-  /** Milliseconds of silence before a connection is closed; 0 for never. */
-  idleTimeoutMs: number;
-  handshakeTimeoutMs: number;
+/** Listener settings: those of every listener, and HTTP's own. */
+export interface HttpOptions extends ListenOptions {
   /** Requests per second per client; 0 for no limit. */
   rateLimit: number;
   maxBatch: number;
@@ -90,6 +84,25 @@ const tokenIn = (what: string) => ({
   },
 });
 
+/** Responses of the routes that answer tokens: raw text, JSON, or a JSON batch. */
+const tokenOut = (description: string) => ({
+  200: {
+    content: {
+      'text/plain': { schema: { type: 'string', description } },
+      'application/json': {
+        schema: {
+          type: 'object',
+          properties: {
+            token: { type: 'string' },
+            batch: { type: 'array', items: { type: 'object', properties: { token: { type: 'string' }, ...itemError } } },
+          },
+        },
+      },
+    },
+  },
+  ...errors(400, 401, 403, 413, 415, 429),
+});
+
 /** Route schemas: validation for JSON bodies, and the OpenAPI document. */
 const SCHEMAS: Record<string, FastifySchema> = {
   encrypt: {
@@ -110,23 +123,7 @@ const SCHEMAS: Record<string, FastifySchema> = {
         },
       },
     },
-    response: {
-      200: {
-        content: {
-          'text/plain': { schema: { type: 'string', description: 'the token' } },
-          'application/json': {
-            schema: {
-              type: 'object',
-              properties: {
-                token: { type: 'string' },
-                batch: { type: 'array', items: { type: 'object', properties: { token: { type: 'string' }, ...itemError } } },
-              },
-            },
-          },
-        },
-      },
-      ...errors(400, 401, 403, 413, 415, 429),
-    },
+    response: tokenOut('the token'),
   },
   decrypt: {
     summary: 'Decrypt',
@@ -171,23 +168,7 @@ const SCHEMAS: Record<string, FastifySchema> = {
     summary: 'Rewrap: re-encrypt under the primary key, keeping the timestamp',
     description: 'Raw token in, token out (text/plain); or JSON {"token"} in, {"token"} out; or {"batch": [...]}. The plaintext never leaves the server.',
     body: { content: { 'application/json': { schema: tokenIn('token to rewrap') } } },
-    response: {
-      200: {
-        content: {
-          'text/plain': { schema: { type: 'string', description: 'the new token' } },
-          'application/json': {
-            schema: {
-              type: 'object',
-              properties: {
-                token: { type: 'string' },
-                batch: { type: 'array', items: { type: 'object', properties: { token: { type: 'string' }, ...itemError } } },
-              },
-            },
-          },
-        },
-      },
-      ...errors(400, 401, 403, 413, 415, 429),
-    },
+    response: tokenOut('the new token'),
   },
   keys: {
     summary: 'Key metadata: ids, states and creation times, never key material',

@@ -77,16 +77,16 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
   const pool = new CryptoPool(defaultThreads(config.workers), keyring.current);
   const service = new CryptService(keyring, new Policy(tokens, config.getKey), config.maxFrame, pool);
 
+  const limits = {
+    host: config.host,
+    tls,
+    maxConnections: config.maxConnections,
+    idleTimeoutMs: config.idleTimeout * 1000,
+    handshakeTimeoutMs: config.handshakeTimeout * 1000,
+  };
   let tcp: TcpServer;
   try {
-    tcp = await TcpServer.listen(service, {
-      host: config.host,
-      port: config.port,
-      tls,
-      maxConnections: config.maxConnections,
-      idleTimeoutMs: config.idleTimeout * 1000,
-      handshakeTimeoutMs: config.handshakeTimeout * 1000,
-    }, log);
+    tcp = await TcpServer.listen(service, { ...limits, port: config.port }, log);
   } catch (err) {
     await pool.close();
     throw listenError(err, config.host, config.port);
@@ -98,16 +98,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // loaded only when asked for: Fastify and its plugins cost about 20 MB of memory
     const { listenHttp } = await import('./http.js');
     try {
-      http = await listenHttp(service, {
-        host: config.host,
-        port: config.httpPort,
-        tls,
-        maxConnections: config.maxConnections,
-        idleTimeoutMs: config.idleTimeout * 1000,
-        handshakeTimeoutMs: config.handshakeTimeout * 1000,
-        rateLimit: config.rateLimit,
-        maxBatch: config.maxBatch,
-      }, log);
+      http = await listenHttp(service, { ...limits, port: config.httpPort, rateLimit: config.rateLimit, maxBatch: config.maxBatch }, log);
     } catch (err) {
       await tcp.close();
       await pool.close();

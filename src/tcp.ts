@@ -23,8 +23,8 @@ import type { Caller } from './access.js';
 import { errorFields } from './log.js';
 import type { Logger } from './log.js';
 
-/** Listener settings. */
-export interface TcpOptions {
+/** Settings every listener (TCP and HTTP) has. */
+export interface ListenOptions {
   host: string;
   port: number;
   tls?: { cert: Buffer; key: Buffer } | undefined;
@@ -88,10 +88,10 @@ export class TcpServer {
   readonly #server: net.Server;
   readonly #connections = new Set<Connection>();
   readonly service: CryptService;
-  readonly options: TcpOptions;
+  readonly options: ListenOptions;
   readonly log: Logger;
 
-  private constructor(service: CryptService, options: TcpOptions, log: Logger) {
+  private constructor(service: CryptService, options: ListenOptions, log: Logger) {
     this.service = service;
     this.options = options;
     this.log = log;
@@ -113,7 +113,7 @@ export class TcpServer {
   }
 
   /** Starts listening; resolves once bound. */
-  static async listen(service: CryptService, options: TcpOptions, log: Logger): Promise<TcpServer> {
+  static async listen(service: CryptService, options: ListenOptions, log: Logger): Promise<TcpServer> {
     const server = new TcpServer(service, options, log);
     await new Promise<void>((resolve, reject) => {
       server.#server.once('error', reject);

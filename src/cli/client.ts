@@ -18,7 +18,7 @@ import type { ClientConfig } from '../config.js';
 import { CryptClient, ConnectionError, ServerError } from '../client.js';
 import type { ClientOptions } from '../client.js';
 import { VERSION } from '../version.js';
-import { EXIT, complain, flagOptions, parse, readAll } from './common.js';
+import { EXIT, complain, flagOptions, parseOrExit, readAll } from './common.js';
 import type { Io } from './common.js';
 
 const PROGRAM = 'crypt-client';
@@ -49,15 +49,8 @@ function parser() {
 
 /** Runs crypt-client; resolves with the exit code. */
 export async function run(argv: string[], io: Io): Promise<number> {
-  const { args, output, error } = await parse(parser(), argv);
-  if (error) {
-    complain(io, PROGRAM, `${error.message}: see ${PROGRAM} --help`);
-    return EXIT.usage;
-  }
-  if (output) {
-    io.stdout.write(output + '\n');
-    return EXIT.ok;
-  }
+  const args = await parseOrExit(parser(), argv, io, PROGRAM);
+  if (typeof args === 'number') return args;
   let config: ClientConfig;
   let ttl: number | undefined;
   let ca: Buffer | undefined;

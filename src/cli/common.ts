@@ -46,8 +46,25 @@ export const complain = (io: Io, program: string, message: string): void => {
 };
 
 /** Parses argv without printing or exiting: yargs' output (help, version, errors) is returned. */
-export function parse(parser: Argv, argv: string[]): Promise<{ args: Record<string, unknown>; output: string; error: Error | null }> {
+function parse(parser: Argv, argv: string[]): Promise<{ args: Record<string, unknown>; output: string; error: Error | null }> {
   return new Promise((resolve) => {
     void parser.parse(argv, {}, (error, args, output) => resolve({ args: args as Record<string, unknown>, output, error: error ?? null }));
   });
+}
+
+/**
+ * Parses argv for a command line: the parsed arguments, or the exit code when yargs already
+ * answered (help and version on stdout: 0; a usage error on stderr: 2).
+ */
+export async function parseOrExit(parser: Argv, argv: string[], io: Io, program: string): Promise<Record<string, unknown> | number> {
+  const { args, output, error } = await parse(parser, argv);
+  if (error) {
+    complain(io, program, `${error.message}: see ${program} --help`);
+    return EXIT.usage;
+  }
+  if (output) {
+    io.stdout.write(output + '\n');
+    return EXIT.ok;
+  }
+  return args;
 }

@@ -17,7 +17,7 @@ import { isWorker, runPrimary, workerDone, workerReady } from '../cluster.js';
 import { CryptError } from '../errors.js';
 import { FileError } from '../files.js';
 import { VERSION } from '../version.js';
-import { EXIT, complain, flagOptions, parse } from './common.js';
+import { EXIT, complain, flagOptions, parseOrExit } from './common.js';
 import type { Io } from './common.js';
 
 const PROGRAM = 'crypt-server';
@@ -47,15 +47,8 @@ function parser(): Argv {
 
 /** Runs crypt-server; resolves with the exit code once the server has stopped. */
 export async function run(argv: string[], io: Io, signals: NodeJS.EventEmitter = process): Promise<number> {
-  const { args, output, error } = await parse(parser(), argv);
-  if (error) {
-    complain(io, PROGRAM, `${error.message}: see ${PROGRAM} --help`);
-    return EXIT.usage;
-  }
-  if (output) {
-    io.stdout.write(output + '\n');
-    return EXIT.ok;
-  }
+  const args = await parseOrExit(parser(), argv, io, PROGRAM);
+  if (typeof args === 'number') return args;
   let config: ServerConfig;
   try {
     config = serverConfig({ flags: args, env: io.env, dotenv: readDotenv(io.cwd) });
