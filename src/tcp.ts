@@ -367,6 +367,8 @@ class Connection {
   }
 
   #idle(): void {
+    // the linger timer of a closing connection fires here too (setTimeout adds listeners)
+    if (this.#ended) return void this.socket.destroy();
     this.#log.debug({ remote: this.remote }, 'closing idle connection');
     this.#reply([encodeError(new CryptError('timeout', 'connection idle for too long, closing'))]);
     this.#flush();
