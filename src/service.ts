@@ -10,6 +10,7 @@
  */
 import { decrypt, tokenLength } from './fernet.js';
 import { CryptError } from './errors.js';
+import { FileError } from './files.js';
 import type { Keyring, KeyInfo, KeySet } from './keyring.js';
 import type { Caller, Policy, Role } from './access.js';
 import { OFFLOAD_BYTES } from './pool.js';
@@ -90,11 +91,17 @@ export class CryptService {
     return { keys: this.keyring.current.info() };
   }
 
-  /** Makes a new primary key; returns its public facts. */
+  /** Makes a new primary key; returns its public facts. A file problem is reported with its reason. */
   async rotate(caller: Caller): Promise<KeyInfo> {
     this.policy.authorize('rotate', caller);
-    const set = await this.keyring.update((s) => s.rotated());
-    return set.info()[0]!;
+    try {
+      const set = await this.keyring.update((s) => s.rotated());
+      return set.info()[0]!;
+    } catch (err) {
+      // file errors name files and ids only: safe to tell an admin and to log
+      if (err instanceof FileError) throw new CryptError('internal', `rotation failed: ${err.message}`);
+      throw err;
+    }
   }
 
   /** The role a secret grants (throws unauthorized when it matches no token). */

@@ -290,7 +290,7 @@ class Connection {
 
   #error(err: unknown, frame: Frame): string {
     const e = toCryptError(err);
-    if (e.code === 'internal') this.#log.error({ command: frame.command, err: errorFields(err) }, 'internal error');
+    if (e.code === 'internal') this.#log.error({ command: frame.command, err: errorFields(err), reason: err === e ? e.message : undefined }, 'internal error');
     else if (this.#log.isLevelEnabled('debug')) this.#log.debug({ command: frame.command, code: e.code }, 'request failed');
     return encodeError(e);
   }

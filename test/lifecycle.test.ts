@@ -210,3 +210,12 @@ t.test('TCP TTL and crypt-client --ttl', async (t) => {
   t.same(show(await s.replies(1)), ['!invalid_token'], 'TCP #de,ttl=10#');
   s.socket.destroy();
 });
+
+t.test('a rotation that cannot write the keyring says why, to the admin and in the log', async (t) => {
+  const { connect, config, waitForLog } = await start(t);
+  const client = await connect();
+  await fs.rm(config.keyring);
+  await t.rejects(client.rotate(), { code: 'internal', message: /^rotation failed: keyring .*keyring\.json has disappeared; refusing to write a new one$/ }, 'the reply gives the reason');
+  t.ok(await waitForLog(/"reason":"rotation failed: keyring .* has disappeared; refusing to write a new one","msg":"internal error"/), 'and so does the log');
+  t.ok(await client.encrypt('still serving'), 'the keys in force still serve');
+});
