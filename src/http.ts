@@ -299,7 +299,8 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
   app.addContentTypeParser(RAW_TYPES, { parseAs: 'buffer', bodyLimit: rawLimit }, (_req, body, done) => done(null, body));
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
-    const e = httpError(err, (req.headers['content-type'] ?? '').startsWith('application/json') ? jsonLimit : rawLimit);
+    const json = (req.headers['content-type'] ?? '').startsWith('application/json');
+    const e = httpError(err, json ? jsonLimit : req.routeOptions.url === '/encrypt' ? service.maxMessage : rawLimit);
     if (e.code === 'internal') req.log.error({ url: req.routeOptions.url, err: errorFields(err), reason: err === e ? e.message : undefined }, 'internal error');
     if (e.code === 'unauthorized') reply.header('www-authenticate', 'Bearer');
     return reply.code(e.status).type('application/json; charset=utf-8').send({ error: errorBody(e) });

@@ -78,7 +78,8 @@ export function parseHead(head: string): { command: string; options: Record<stri
 
 /** Splits a byte stream into requests; see the rules at the top of this file. */
 export class FrameDecoder {
-  readonly #max: number;
+  readonly #limitOf: (command: string) => number;
+  #max = 0;
   #state = State.Head;
   #carry: Buffer | null = null;
   #parts: Buffer[] = [];
@@ -89,9 +90,9 @@ export class FrameDecoder {
   #options: Record<string, string> | null = null;
   #payload: Buffer = Buffer.alloc(0);
 
-  /** @param maxPayload the largest payload accepted, in bytes */
-  constructor(maxPayload: number) {
-    this.#max = maxPayload;
+  /** @param maxPayload the largest payload accepted, in bytes: one for all, or per command */
+  constructor(maxPayload: number | ((command: string) => number)) {
+    this.#limitOf = typeof maxPayload === 'number' ? () => maxPayload : maxPayload;
   }
 
   /** Feeds a chunk; returns the requests and faults it completes, in order. */
@@ -226,6 +227,7 @@ export class FrameDecoder {
       }
       this.#command = head.command;
       this.#options = head.options;
+      this.#max = this.#limitOf(head.command);
       this.#state = State.Line;
       return i + 1;
     }
@@ -242,6 +244,7 @@ export class FrameDecoder {
     }
     this.#command = head.command;
     this.#options = head.options;
+    this.#max = this.#limitOf(head.command);
     this.#need = Number(b.toString('latin1', i + 1, j));
     if (this.#need > this.#max) {
       out.push(this.#tooLarge());
@@ -252,7 +255,7 @@ export class FrameDecoder {
   }
 
   #tooLarge(): Fault {
-    return fault('too_large', `payload exceeds the limit of ${this.#max} bytes`);
+    return fault('too_large', `${this.#command} payload exceeds the limit of ${this.#max} bytes`);
   }
 
   #fatal(out: Decoded[], message: string): Decoded[] {

@@ -191,7 +191,8 @@ class Connection {
     this.#log = server.log;
     this.remote = socket.remoteAddress;
     this.caller = { role: null, loopback: isLoopback(this.remote) };
-    this.#decoder = new FrameDecoder(Math.max(server.service.maxToken, server.service.maxMessage));
+    const { maxMessage, maxToken } = server.service;
+    this.#decoder = new FrameDecoder((command) => (command === 'en' ? maxMessage : maxToken));
     if (server.options.idleTimeoutMs > 0) socket.setTimeout(server.options.idleTimeoutMs, () => this.#idle());
     socket.on('data', (chunk: Buffer) => this.#handle(this.#decoder.push(chunk)));
     socket.on('end', () => {

@@ -169,3 +169,10 @@ t.test('requests encode to the length form', async (t) => {
   t.equal(encodeRequest('de', Buffer.from('tok'), { ttl: 60 }).toString(), '#de,ttl=60:3#tok#\n', 'with options');
   t.equal(encodeRequest('gk', Buffer.alloc(0)).toString(), '#gk:0##\n', 'empty');
 });
+
+t.test('limits can differ per command, and the error names the command and its limit', async (t) => {
+  const dec = new FrameDecoder((command) => (command === 'en' ? 4 : 8));
+  const out = dec.push(Buffer.from('#en#12345#\n#de#12345#\n#de:9#123456789#\n#en:5#12345#\n'));
+  t.same(out.map(show), ['!too_large', 'de:12345', '!too_large', '!too_large'], 'en stops at 4 bytes, de at 8');
+  t.same(out.filter(isFault).map((f) => f.error.message), ['en payload exceeds the limit of 4 bytes', 'de payload exceeds the limit of 8 bytes', 'en payload exceeds the limit of 4 bytes'], 'each names its command and limit');
+});
