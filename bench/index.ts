@@ -111,7 +111,7 @@ async function main(): Promise<void> {
         log(`  ${name}: ${format(r.rps)} req/s`);
       }
       const crypt = figures.crypt!.rps;
-      log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors'], rows.map((r) => [...r.slice(0, 4), r[4]!, r[0] === 'crypt' ? '1.00x' : `crypt ${format(crypt / (r[1] as number))}x`])) + '\n');
+      log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'crypt ÷ this'], rows.map((r) => [...r, r[0] === 'crypt' ? '' : `${(crypt / (r[1] as number)).toFixed(2)}x`])) + '\n');
       results.tcp[s.name] = figures;
     }
   }
