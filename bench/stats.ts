@@ -12,7 +12,7 @@ export function rate(fn: () => unknown, ms: number): number {
   while (now - start < ms) {
     fn();
     n++;
-    if ((n & 7) === 0 || ms > 0) now = performance.now();
+    now = performance.now();
   }
   return (n * 1000) / (now - start);
 }
