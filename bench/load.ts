@@ -11,6 +11,7 @@
 import net from 'node:net';
 import { once } from 'node:events';
 import { percentile } from './stats.js';
+import { ReplyDecoder, encodeRequest } from '../src/protocol.js';
 
 /** What to run. */
 export interface LoadOptions {
@@ -207,35 +208,20 @@ async function heavy(o: LoadOptions, state: State, size = 1024 * 1024): Promise<
   const socket = net.connect(o.port, o.host ?? '127.0.0.1');
   await once(socket, 'connect');
   const msg = Buffer.alloc(size, 'h');
-  const frame = (command: string, payload: Buffer) => Buffer.concat([Buffer.from(`#${command}:${payload.length}#`), payload, Buffer.from('#\n')]);
-  let chunks: Buffer[] = [];
-  const reply = () => new Promise<Buffer>((resolve) => {
-    const onData = (c: Buffer) => {
-      chunks.push(c);
-      const all = Buffer.concat(chunks);
-      let value: Buffer | null = null;
-      if (all[0] !== 0x23) {
-        const lf = all.indexOf(10);
-        if (lf !== -1) value = all.subarray(0, lf);
-      } else {
-        const m = /^#ok:(\d+)#/.exec(all.subarray(0, 24).toString('latin1'));
-        if (m && all.length >= m[0].length + Number(m[1]) + 2) value = all.subarray(m[0].length, m[0].length + Number(m[1]));
-      }
-      if (value) {
-        socket.off('data', onData);
-        chunks = [];
-        resolve(value);
-      }
-    };
-    socket.on('data', onData);
+  const decoder = new ReplyDecoder();
+  let waiting: ((value: Buffer | null) => void) | null = null;
+  socket.on('data', (chunk: Buffer) => {
+    for (const r of decoder.push(chunk)) waiting?.(r.ok ? Buffer.from(r.value) : null);
   });
+  const request = (command: string, payload: Buffer) =>
+    new Promise<Buffer | null>((resolve) => {
+      waiting = resolve;
+      socket.write(encodeRequest(command, payload));
+    });
   while (!state.stopped) {
-    socket.write(frame('en', msg));
-    const token = await reply();
-    socket.write(frame('de', token));
-    const plain = await reply();
-    if (!plain.equals(msg)) state.errors++;
-    (state as State & { heavyRoundTrips?: number }).heavyRoundTrips = ((state as State & { heavyRoundTrips?: number }).heavyRoundTrips ?? 0) + 1;
+    const token = await request('en', msg);
+    const plain = token && (await request('de', token));
+    if (!plain?.equals(msg)) state.errors++;
   }
   socket.destroy();
 }

@@ -9,14 +9,14 @@
  *   operations, `admin` everything. With none configured, loopback clients are admins and
  *   others (reachable only with --insecure) are users.
  * - `--no-get-key` refuses key export to everyone.
- * - The file is reloaded when it changes; a change that fails to load keeps the tokens in force.
+ * - The file is reloaded when it changes (src/files.ts); a change that fails to load keeps the
+ *   tokens in force.
  */
 import { EventEmitter } from 'node:events';
-import { promises as fs, watchFile, unwatchFile } from 'node:fs';
-import type { Stats } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { CryptError } from './errors.js';
-import { FileError, checkPrivate } from './files.js';
+import { FileError, Serial, checkPrivate, watchForChanges } from './files.js';
 
 /** A role an access token grants. */
 export type Role = 'user' | 'admin';
@@ -77,6 +77,8 @@ export function parseTokens(text: string): Entry[] {
 export class AccessTokens extends EventEmitter {
   #entries: Entry[];
   readonly file: string;
+  readonly #serial = new Serial();
+  #unwatch: (() => void) | null = null;
 
   private constructor(file: string, entries: Entry[]) {
     super();
@@ -99,34 +101,26 @@ export class AccessTokens extends EventEmitter {
     return role;
   }
 
-  /** How many tokens are in force. */
-  get size(): number {
-    return this.#entries.length;
-  }
-
   /** Reloads now; a failure is emitted as `error` and the tokens in force stay. */
-  async reload(): Promise<void> {
+  readonly reload = this.#serial.coalesced(async () => {
     try {
       this.#entries = await read(this.file);
       this.emit('change', this.#entries.length);
     } catch (err) {
       this.emit('error', err);
     }
-  }
+  });
 
-  /** Watches the file for changes (polling every intervalMs). */
+  /** Watches the file for changes (see watchForChanges). */
   watch(intervalMs = 500): void {
-    watchFile(this.file, { interval: intervalMs, persistent: false }, this.#onStat);
+    this.#unwatch ??= watchForChanges(this.file, () => void this.reload(), intervalMs);
   }
 
   /** Stops watching. */
   close(): void {
-    unwatchFile(this.file, this.#onStat);
+    this.#unwatch?.();
+    this.#unwatch = null;
   }
-
-  readonly #onStat = (curr: Stats, prev: Stats): void => {
-    if (curr.mtimeMs !== prev.mtimeMs || curr.ino !== prev.ino || curr.size !== prev.size || curr.mode !== prev.mode) void this.reload();
-  };
 }
 
 async function read(file: string): Promise<Entry[]> {
@@ -171,7 +165,7 @@ export class Policy {
   }
 
   /** The role for a presented secret; throws unauthorized when it matches no token. */
-  authenticate(secret: string | Uint8Array, caller: Caller): Role {
+  authenticate(caller: Caller, secret: string | Uint8Array): Role {
     if (!this.tokens) return this.roleOf(caller)!;
     const role = this.tokens.verify(secret);
     if (role === null) throw new CryptError('unauthorized', 'invalid access token');

@@ -36,9 +36,7 @@ export async function runPrimary(config: ServerConfig, log: Logger, signals: Nod
   cluster.on('message', (worker: Worker, msg: unknown) => {
     if (msg === READY) ready.add(worker);
   });
-  const fork = (): Worker => cluster.fork();
-
-  const workers = Array.from({ length: config.workers }, fork);
+  const workers = Array.from({ length: config.workers }, () => cluster.fork());
   const started = await new Promise<boolean>((resolve) => {
     const onMessage = () => {
       if (ready.size === config.workers) done(true);
@@ -66,7 +64,7 @@ export async function runPrimary(config: ServerConfig, log: Logger, signals: Nod
     ready.delete(worker);
     if (stopping) return;
     log.error({ worker: worker.process.pid, code, signal }, 'worker died; starting another');
-    fork();
+    cluster.fork();
   });
 
   const [signal] = (await Promise.race([once(signals, 'SIGINT'), once(signals, 'SIGTERM')])) as [string | undefined];

@@ -40,11 +40,6 @@ export function tokenLength(length: number): number {
   return Math.ceil(bytes / 3) * 4;
 }
 
-/** Largest message a token of `chars` characters can hold (an upper bound). */
-export function maxMessageLength(chars: number): number {
-  return Math.max(0, Math.floor((chars * 3) / 4) - OVERHEAD - 1);
-}
-
 let ivPool = Buffer.alloc(0);
 let ivPos = 0;
 
@@ -204,17 +199,27 @@ export class FernetKey {
     const chain = this.#decChain;
     for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
     ct.copy(chain, 0, ct.length - BLOCK);
+    // the MAC has verified already, so this check leaks nothing an attacker could use
     const pad = pt[pt.length - 1]!;
-    let bad = pad === 0 || pad > BLOCK ? 1 : 0;
-    for (let i = 1; i <= BLOCK && !bad; i++) if (i <= pad && pt[pt.length - i] !== pad) bad = 1;
-    if (bad) throw invalidToken();
+    if (pad === 0 || pad > BLOCK) throw invalidToken();
+    for (let i = 2; i <= pad; i++) if (pt[pt.length - i] !== pad) throw invalidToken();
     return pt.subarray(0, pt.length - pad);
   }
 
-  /** Verifies and decrypts with the first key whose MAC matches; see decrypt(). */
-  static open(keys: readonly FernetKey[], buf: Buffer, size: number): { plaintext: Buffer; key: FernetKey } {
+  /** See decrypt(): a static method so that it reaches each key's private state. */
+  static decrypt(keys: readonly FernetKey[], token: string | Uint8Array, options: DecryptOptions): Opened {
+    const text = typeof token === 'string' ? token : Buffer.from(token.buffer, token.byteOffset, token.length).toString('latin1');
+    const buf = workspace(HMAC_BLOCK + Math.ceil((text.length * 3) / 4) + 3);
+    const size = decodeBase64url(text, buf, HMAC_BLOCK);
+    if (size < OVERHEAD + BLOCK || (size - OVERHEAD) % BLOCK !== 0 || buf[HMAC_BLOCK] !== VERSION) throw invalidToken();
+    const timestamp = buf.readUInt32BE(HMAC_BLOCK + 1) * 0x100000000 + buf.readUInt32BE(HMAC_BLOCK + 5);
+    const { ttl } = options;
+    if (ttl !== undefined) {
+      const now = options.now ?? nowSeconds();
+      if (timestamp + ttl < now || now + MAX_CLOCK_SKEW < timestamp) throw invalidToken();
+    }
     for (const key of keys) {
-      if (key.#verify(buf, size)) return { plaintext: key.#open(buf, size), key };
+      if (key.#verify(buf, size)) return { plaintext: key.#open(buf, size), timestamp, key };
     }
     throw invalidToken();
   }
@@ -263,16 +268,5 @@ function decodeBase64url(text: string, out: Buffer, offset: number): number {
  * first), as MultiFernet does. Throws the one invalid_token error on any failure.
  */
 export function decrypt(keys: readonly FernetKey[], token: string | Uint8Array, options: DecryptOptions = {}): Opened {
-  const text = typeof token === 'string' ? token : Buffer.from(token.buffer, token.byteOffset, token.length).toString('latin1');
-  const buf = workspace(HMAC_BLOCK + Math.ceil((text.length * 3) / 4) + 3);
-  const size = decodeBase64url(text, buf, HMAC_BLOCK);
-  if (size < OVERHEAD + BLOCK || (size - OVERHEAD) % BLOCK !== 0 || buf[HMAC_BLOCK] !== VERSION) throw invalidToken();
-  const timestamp = buf.readUInt32BE(HMAC_BLOCK + 1) * 0x100000000 + buf.readUInt32BE(HMAC_BLOCK + 5);
-  const { ttl } = options;
-  if (ttl !== undefined) {
-    const now = options.now ?? nowSeconds();
-    if (timestamp + ttl < now || now + MAX_CLOCK_SKEW < timestamp) throw invalidToken();
-  }
-  const { plaintext, key } = FernetKey.open(keys, buf, size);
-  return { plaintext, timestamp, key };
+  return FernetKey.decrypt(keys, token, options);
 }

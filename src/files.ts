@@ -8,8 +8,12 @@
  *   A lock whose owner is dead (same host) or older than STALE_MS (another host) is broken;
  *   breaking renames it aside first and checks it was the lock judged stale.
  * - Files holding secrets must not be open to group or others, as ssh demands of keys.
+ * - Files other processes change (keyring, tokens) are watched with inotify on their directory
+ *   and by polling as a fallback; their reloads run one at a time, so an older read never
+ *   replaces a newer one.
  */
-import { constants, promises as fs } from 'node:fs';
+import { constants, promises as fs, watch, watchFile, unwatchFile } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import { hostname } from 'node:os';
@@ -176,3 +180,52 @@ export async function removeLeftovers(path: string): Promise<void> {
 }
 
 const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * Calls onChange when path changes: inotify on its directory for speed, polling every intervalMs
+ * for file systems where that doesn't work. Neither holds the process open. Returns the stop function.
+ */
+export function watchForChanges(path: string, onChange: () => void, intervalMs = 500): () => void {
+  const onStat = (curr: Stats, prev: Stats): void => {
+    if (curr.mtimeMs !== prev.mtimeMs || curr.ino !== prev.ino || curr.size !== prev.size || curr.mode !== prev.mode) onChange();
+  };
+  watchFile(path, { interval: intervalMs, persistent: false }, onStat);
+  const name = basename(path);
+  let dir: ReturnType<typeof watch> | null = null;
+  try {
+    dir = watch(dirname(path), { persistent: false }, (_event, changed) => {
+      if (changed === null || changed === name) onChange();
+    });
+    dir.on('error', () => dir?.close());
+  } catch {
+    dir = null;
+  }
+  return () => {
+    unwatchFile(path, onStat);
+    dir?.close();
+  };
+}
+
+/** Runs asynchronous tasks one at a time, in the order they were given. */
+export class Serial {
+  #queue: Promise<unknown> = Promise.resolve();
+
+  run<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(task, task);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A function that queues task unless a run of it is already waiting (bursts of events coalesce). */
+  coalesced(task: () => Promise<void>): () => Promise<void> {
+    let waiting = false;
+    return () => {
+      if (waiting) return Promise.resolve();
+      waiting = true;
+      return this.run(() => {
+        waiting = false;
+        return task();
+      });
+    };
+  }
+}

@@ -191,9 +191,16 @@ const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as 
 class Routes {
   constructor(readonly service: CryptService, readonly maxBatch: number) {}
 
-  /** Runs one operation per batch item, in order; each item's failure stays in its item. */
-  async batch<T>(req: FastifyRequest, op: Operation, items: unknown, one: (item: Record<string, unknown>) => Promise<T> | T): Promise<{ batch: Array<T | { error: { code: string; message: string } }> }> {
+  /**
+   * Runs one operation per item of body.batch, in order; each item's failure stays in its item.
+   * The body may hold nothing else but the keys in `shared` (settings for every item).
+   */
+  async batch<T>(req: FastifyRequest, op: Operation, body: Record<string, unknown>, shared: string[], one: (item: Record<string, unknown>) => Promise<T> | T): Promise<{ batch: Array<T | { error: { code: string; message: string } }> }> {
     this.service.policy.authorize(op, req.caller);
+    if (Object.keys(body).some((k) => k !== 'batch' && !shared.includes(k))) {
+      throw new CryptError('bad_request', `a batch request has "batch"${shared.map((k) => ` and "${k}"`).join('')} only`);
+    }
+    const items = body.batch;
     if (!Array.isArray(items)) throw new CryptError('bad_request', 'batch must be an array');
     if (items.length > this.maxBatch) throw new CryptError('too_large', `batch of ${items.length} items exceeds the limit of ${this.maxBatch}`);
     const out: Array<T | { error: { code: string; message: string } }> = [];
@@ -235,13 +242,14 @@ const plaintextJson = (plaintext: Buffer, timestamp: number) =>
 
 const errorBody = (e: CryptError) => ({ code: e.code, message: e.message });
 
-/** The bytes of a raw body; a missing body is a clear error. */
-function rawBody(req: FastifyRequest, what: string): Buffer {
-  if (Buffer.isBuffer(req.body)) return req.body;
-  throw new CryptError('bad_request', `send the ${what} as the request body, e.g. curl --data-binary @file`);
+/** The JSON body of a request; a request with no body at all gets a clear error. */
+function jsonBody(req: FastifyRequest, what: string): Record<string, unknown> {
+  if (req.body === undefined || req.body === null) throw new CryptError('bad_request', `send the ${what} as the request body, e.g. curl --data-binary @file`);
+  return req.body as Record<string, unknown>;
 }
 
-const rawToken = (req: FastifyRequest): string => rawBody(req, 'token').toString('latin1').trim();
+/** A raw body holding a token (whitespace around it, as curl or a file may add, is dropped). */
+const rawToken = (body: Buffer): string => body.toString('latin1').trim();
 
 /** Maps anything a route or Fastify throws onto the catalogue. */
 function httpError(err: FastifyError, limit: number): CryptError {
@@ -385,45 +393,35 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
 
   app.post('/encrypt', { schema: SCHEMAS.encrypt! }, async (req, reply) => {
     if (Buffer.isBuffer(req.body)) return reply.type('text/plain; charset=utf-8').send((await service.encrypt(req.caller, req.body)) + '\n');
-    const body = req.body as Record<string, unknown> | undefined;
-    if (body === undefined) rawBody(req, 'message');
-    if (body!.batch !== undefined) {
-      if (Object.keys(body!).length !== 1) throw new CryptError('bad_request', 'a batch request has "batch" only');
-      return routes.batch(req, 'encrypt', body!.batch, async (item) => ({ token: await service.encrypt(req.caller, plaintextOf(item)) }));
-    }
-    return { token: await service.encrypt(req.caller, plaintextOf(body!)) };
+    const body = jsonBody(req, 'message');
+    if (body.batch !== undefined) return routes.batch(req, 'encrypt', body, [], async (item) => ({ token: await service.encrypt(req.caller, plaintextOf(item)) }));
+    return { token: await service.encrypt(req.caller, plaintextOf(body)) };
   });
 
   app.post('/decrypt', { schema: SCHEMAS.decrypt! }, async (req, reply) => {
     if (Buffer.isBuffer(req.body)) {
       const query = req.query as { ttl?: string };
-      const { plaintext } = await service.decrypt(req.caller, rawToken(req), query.ttl === undefined ? undefined : Number(query.ttl));
+      const { plaintext } = await service.decrypt(req.caller, rawToken(req.body), query.ttl === undefined ? undefined : Number(query.ttl));
       return reply.type(isUtf8(plaintext) ? 'text/plain; charset=utf-8' : 'application/octet-stream').send(plaintext);
     }
-    const body = req.body as Record<string, unknown> | undefined;
-    if (body === undefined) rawBody(req, 'token');
-    if (body!.batch !== undefined) {
-      const { batch, ttl } = body as { batch: unknown; ttl?: unknown };
-      return routes.batch(req, 'decrypt', batch, async (item) => {
-        const t = tokenOf(item, ttl);
+    const body = jsonBody(req, 'token');
+    if (body.batch !== undefined) {
+      return routes.batch(req, 'decrypt', body, ['ttl'], async (item) => {
+        const t = tokenOf(item, body.ttl);
         const { plaintext, timestamp } = await service.decrypt(req.caller, t.token, t.ttl);
         return plaintextJson(plaintext, timestamp);
       });
     }
-    const t = tokenOf(body!);
+    const t = tokenOf(body);
     const { plaintext, timestamp } = await service.decrypt(req.caller, t.token, t.ttl);
     return plaintextJson(plaintext, timestamp);
   });
 
   app.post('/rewrap', { schema: SCHEMAS.rewrap! }, async (req, reply) => {
-    if (Buffer.isBuffer(req.body)) return reply.type('text/plain; charset=utf-8').send((await service.rewrap(req.caller, rawToken(req))) + '\n');
-    const body = req.body as Record<string, unknown> | undefined;
-    if (body === undefined) rawBody(req, 'token');
-    if (body!.batch !== undefined) {
-      if (Object.keys(body!).length !== 1) throw new CryptError('bad_request', 'a batch request has "batch" only');
-      return routes.batch(req, 'rewrap', body!.batch, async (item) => ({ token: await service.rewrap(req.caller, tokenOf(item).token) }));
-    }
-    return { token: await service.rewrap(req.caller, tokenOf(body!).token) };
+    if (Buffer.isBuffer(req.body)) return reply.type('text/plain; charset=utf-8').send((await service.rewrap(req.caller, rawToken(req.body))) + '\n');
+    const body = jsonBody(req, 'token');
+    if (body.batch !== undefined) return routes.batch(req, 'rewrap', body, [], async (item) => ({ token: await service.rewrap(req.caller, tokenOf(item).token) }));
+    return { token: await service.rewrap(req.caller, tokenOf(body).token) };
   });
 
   app.get('/keys', { schema: SCHEMAS.keys! }, async (req) => service.keyInfo(req.caller));

@@ -13,12 +13,11 @@
  * - Nothing here logs or prints key material; errors name files and ids only.
  */
 import { EventEmitter } from 'node:events';
-import { promises as fs, watch, watchFile, unwatchFile } from 'node:fs';
-import type { FSWatcher, Stats } from 'node:fs';
-import { basename, dirname } from 'node:path';
+import { promises as fs } from 'node:fs';
+import { dirname } from 'node:path';
 import { FernetKey } from './fernet.js';
 import { CryptError } from './errors.js';
-import { FileError, checkPrivate, removeLeftovers, withLock, writeAtomic } from './files.js';
+import { FileError, Serial, checkPrivate, removeLeftovers, watchForChanges, withLock, writeAtomic } from './files.js';
 
 /** The state of a key in the keyring. */
 export type KeyState = 'primary' | 'active' | 'retired';
@@ -156,11 +155,9 @@ export class Keyring extends EventEmitter {
   #current: KeySet;
   #text: string;
   readonly file: string | null;
-  #watching = false;
-  #dirWatcher: FSWatcher | null = null;
+  #unwatch: (() => void) | null = null;
   /** Reloads and updates of this object run one after another, in order. */
-  #queue: Promise<unknown> = Promise.resolve();
-  #reloadQueued = false;
+  readonly #serial = new Serial();
 
   private constructor(current: KeySet, file: string | null, text: string) {
     super();
@@ -205,7 +202,7 @@ export class Keyring extends EventEmitter {
   update(change: (set: KeySet) => KeySet): Promise<KeySet> {
     const file = this.file;
     if (file === null) return Promise.reject(new CryptError('conflict', 'keys come from FERNET_KEYS: change that list instead (newest first)'));
-    return this.#serial(async () => {
+    return this.#serial.run(async () => {
       const { set, text } = await withLock(lockPath(file), async () => {
         await removeLeftovers(file);
         const latest = await load(file);
@@ -221,60 +218,28 @@ export class Keyring extends EventEmitter {
   }
 
   /** Reloads the file if it changed; a failure is emitted as `error` and the keys stay. */
-  reload(): Promise<void> {
-    if (this.file === null || this.#reloadQueued) return Promise.resolve();
-    this.#reloadQueued = true;
-    const file = this.file;
-    return this.#serial(async () => {
-      this.#reloadQueued = false;
-      try {
-        const latest = await load(file);
-        if (!latest) throw new FileError(`keyring ${file} has disappeared; keeping the keys in force`);
-        if (latest.text !== this.#text) this.#install(latest.set, latest.text, 'reload');
-      } catch (err) {
-        this.emit('error', err);
-      }
-    });
-  }
-
-  #serial<T>(task: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(task, task);
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
-
-  /**
-   * Watches the file for changes made by other processes: inotify on its directory for speed,
-   * and polling every intervalMs for file systems where that doesn't work.
-   */
-  watch(intervalMs = 500): void {
-    if (this.file === null || this.#watching) return;
-    this.#watching = true;
-    watchFile(this.file, { interval: intervalMs, persistent: false }, this.#onStat);
-    const name = basename(this.file);
+  readonly reload = this.#serial.coalesced(async () => {
+    if (this.file === null) return;
     try {
-      this.#dirWatcher = watch(dirname(this.file), { persistent: false }, (_event, changed) => {
-        if (changed === null || changed === name) void this.reload();
-      });
-      this.#dirWatcher.on('error', () => this.#dirWatcher?.close());
-    } catch {
-      this.#dirWatcher = null;
+      const latest = await load(this.file);
+      if (!latest) throw new FileError(`keyring ${this.file} has disappeared; keeping the keys in force`);
+      if (latest.text !== this.#text) this.#install(latest.set, latest.text, 'reload');
+    } catch (err) {
+      this.emit('error', err);
     }
+  });
+
+  /** Watches the file for changes made by other processes (see watchForChanges). */
+  watch(intervalMs = 500): void {
+    if (this.file === null || this.#unwatch) return;
+    this.#unwatch = watchForChanges(this.file, () => void this.reload(), intervalMs);
   }
 
   /** Stops watching. */
   close(): void {
-    if (this.file !== null && this.#watching) unwatchFile(this.file, this.#onStat);
-    this.#dirWatcher?.close();
-    this.#dirWatcher = null;
-    this.#watching = false;
+    this.#unwatch?.();
+    this.#unwatch = null;
   }
-
-  readonly #onStat = (curr: Stats, prev: Stats): void => {
-    if (curr.mtimeMs !== prev.mtimeMs || curr.ino !== prev.ino || curr.size !== prev.size || curr.mode !== prev.mode) {
-      void this.reload();
-    }
-  };
 
   #install(set: KeySet, text: string, reason: 'update' | 'reload'): void {
     this.#current = set;

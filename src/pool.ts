@@ -59,19 +59,19 @@ export class CryptoPool {
 
   /** Encrypts on a thread; resolves with the token. */
   async encrypt(plaintext: Uint8Array): Promise<string> {
-    const r = await this.#run('encrypt', own(plaintext));
+    const r = await this.#run('encrypt', plaintext);
     return (r as { token: string }).token;
   }
 
   /** Decrypts on a thread. */
   async decrypt(token: string | Uint8Array, ttl: number | undefined): Promise<{ plaintext: Buffer; timestamp: number }> {
-    const r = (await this.#run('decrypt', typeof token === 'string' ? token : own(token), ttl)) as { plaintext: Uint8Array; timestamp: number };
+    const r = (await this.#run('decrypt', token, ttl)) as { plaintext: Uint8Array; timestamp: number };
     return { plaintext: Buffer.from(r.plaintext.buffer, r.plaintext.byteOffset, r.plaintext.length), timestamp: r.timestamp };
   }
 
   /** Rewraps on a thread; resolves with the new token. */
   async rewrap(token: string | Uint8Array): Promise<string> {
-    const r = await this.#run('rewrap', typeof token === 'string' ? token : own(token));
+    const r = await this.#run('rewrap', token);
     return (r as { token: string }).token;
   }
 
@@ -86,8 +86,10 @@ export class CryptoPool {
     await Promise.all(this.#threads.splice(0).map((t) => t.worker.terminate()));
   }
 
-  #run(op: JobMessage['op'], data: Uint8Array | string, ttl?: number): Promise<ResultMessage> {
+  #run(op: JobMessage['op'], input: Uint8Array | string, ttl?: number): Promise<ResultMessage> {
     if (this.#closed) return Promise.reject(new CryptError('internal', 'shutting down'));
+    // bytes are copied into a buffer of their own, which is then transferred (see the rules above)
+    const data = typeof input === 'string' ? input : new Uint8Array(input);
     const thread = this.#pick();
     const id = this.#next++;
     return new Promise<ResultMessage>((resolve, reject) => {
@@ -126,9 +128,4 @@ export class CryptoPool {
     this.#threads.push(thread);
     return thread;
   }
-}
-
-/** A copy of the bytes in an ArrayBuffer of their own, ready to transfer. */
-function own(bytes: Uint8Array): Uint8Array {
-  return new Uint8Array(bytes);
 }

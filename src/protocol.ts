@@ -23,6 +23,7 @@ const COLON = 0x3a;
 /** Longest `<head>` (command and options) accepted, in bytes. */
 export const MAX_HEAD = 64;
 const MAX_DIGITS = 15;
+const EMPTY = Buffer.alloc(0);
 
 /** A complete request. */
 export interface Frame {
@@ -88,7 +89,7 @@ export class FrameDecoder {
   #skip = false;
   #command = '';
   #options: Record<string, string> | null = null;
-  #payload: Buffer = Buffer.alloc(0);
+  #payload: Buffer = EMPTY;
 
   /** @param maxPayload the largest payload accepted, in bytes: one for all, or per command */
   constructor(maxPayload: number | ((command: string) => number)) {
@@ -273,7 +274,7 @@ export class FrameDecoder {
   /** The collected bytes as one buffer: a view when they came in one chunk, else one copy. */
   #joined(): Buffer {
     const parts = this.#parts;
-    const joined = parts.length === 1 ? parts[0]! : parts.length === 0 ? Buffer.alloc(0) : Buffer.concat(parts, this.#size);
+    const joined = parts.length === 1 ? parts[0]! : parts.length === 0 ? EMPTY : Buffer.concat(parts, this.#size);
     this.#parts = [];
     this.#size = 0;
     return joined;
@@ -300,7 +301,7 @@ export class FrameDecoder {
     this.#size = 0;
     this.#need = 0;
     this.#skip = false;
-    this.#payload = Buffer.alloc(0);
+    this.#payload = EMPTY;
   }
 }
 

@@ -106,7 +106,7 @@ export class CryptService {
 
   /** The role a secret grants (throws unauthorized when it matches no token). */
   authenticate(caller: Caller, secret: string | Uint8Array): Role {
-    return this.policy.authenticate(secret, caller);
+    return this.policy.authenticate(caller, secret);
   }
 
   #checkMessage(plaintext: Uint8Array): void {

@@ -177,13 +177,12 @@ class Connection {
   readonly #log: Logger;
   readonly #decoder: FrameDecoder;
   #batch: Chunk[] = [];
-  #strings = true;
   readonly #slots: Slot[] = [];
   #failures = 0;
   /** No more requests are read or run; the socket ends once the replies are out. */
   #stopping = false;
   #ended = false;
-  #onIdle: (() => void) | null = null;
+  #onClosed: (() => void) | null = null;
 
   constructor(server: TcpServer, socket: Socket) {
     this.socket = socket;
@@ -206,7 +205,7 @@ class Connection {
     });
     socket.on('close', () => {
       if (this.#log.isLevelEnabled('debug')) this.#log.debug({ remote: this.remote }, 'connection closed');
-      this.#onIdle?.();
+      this.#onClosed?.();
     });
     if (this.#log.isLevelEnabled('debug')) this.#log.debug({ remote: this.remote }, 'connection opened');
   }
@@ -232,7 +231,7 @@ class Connection {
   shutdown(): Promise<void> {
     return new Promise((resolve) => {
       if (this.socket.destroyed) return resolve();
-      this.#onIdle = resolve;
+      this.#onClosed = resolve;
       this.#stop();
     });
   }
@@ -270,13 +269,7 @@ class Connection {
       this.#reply([this.#error(err, frame)]);
       return;
     }
-    if (typeof result === 'string') {
-      // tokens, keys and JSON: always bare; the common case skips encodeResult's array
-      if (this.#slots.length === 0) this.#batch.push(result + '\n');
-      else this.#slots.push({ chunks: [result + '\n'] });
-      return;
-    }
-    if (Buffer.isBuffer(result)) {
+    if (typeof result === 'string' || Buffer.isBuffer(result)) {
       this.#reply(encodeResult(result));
       return;
     }
@@ -296,25 +289,14 @@ class Connection {
     return encodeError(e);
   }
 
+  /** Queues a reply behind any result still pending, else into the batch for the next write. */
   #reply(chunks: Chunk[]): void {
-    if (this.#slots.length > 0) {
-      this.#slots.push({ chunks });
-      return;
-    }
-    for (const c of chunks) {
-      if (typeof c !== 'string') this.#strings = false;
-      this.#batch.push(c);
-    }
+    if (this.#slots.length > 0) this.#slots.push({ chunks });
+    else this.#batch.push(...chunks);
   }
 
   #drainSlots(): void {
-    while (this.#slots.length > 0 && this.#slots[0]!.chunks) {
-      const { chunks } = this.#slots.shift()!;
-      for (const c of chunks!) {
-        if (typeof c !== 'string') this.#strings = false;
-        this.#batch.push(c);
-      }
-    }
+    while (this.#slots.length > 0 && this.#slots[0]!.chunks) this.#batch.push(...this.#slots.shift()!.chunks!);
     this.#flush();
     if (this.#slots.length < MAX_OUTSTANDING) this.#resume();
     if (this.#stopping) this.#stop();
@@ -329,7 +311,7 @@ class Connection {
     if (batch.length === 0 || this.socket.destroyed) return;
     this.#batch = [];
     let ok: boolean;
-    if (this.#strings) {
+    if (batch.every((c) => typeof c === 'string')) {
       ok = this.socket.write(batch.length === 1 ? (batch[0] as string) : batch.join(''), 'latin1');
     } else {
       let size = 0;
@@ -346,7 +328,6 @@ class Connection {
         ok = this.socket.write(out);
       }
     }
-    this.#strings = true;
     if (!ok) this.socket.pause();
   }
 

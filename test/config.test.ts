@@ -71,7 +71,10 @@ t.test('the README configuration table covers every variable', async (t) => {
 t.test('resolve is table-driven', async (t) => {
   const out = resolve<{ a: string }>([{ key: 'a', flag: 'a', env: 'A', kind: 'string', default: 'd', describe: '' }], { flags: {} });
   t.same(out, { a: 'd' }, 'a default from the table');
-  t.type(serverConfig({ flags: {} }) satisfies ServerConfig, 'object', 'process.env is the default environment');
+  process.env.CRYPT_MAX_BATCH = '7';
+  t.teardown(() => delete process.env.CRYPT_MAX_BATCH);
+  const fromProcess: ServerConfig = serverConfig({ flags: {} });
+  t.equal(fromProcess.maxBatch, 7, 'process.env is the default environment');
 });
 
 function readDotenvText(text: string): Record<string, string> {

@@ -66,6 +66,7 @@ t.test('batches answer in order; one failing item fails nothing else; bounded', 
   t.match(tooMany.json(), { error: { code: 'too_large', message: 'batch of 6 items exceeds the limit of 5' } }, 'says so');
   t.same((await app.inject({ method: 'POST', url: '/encrypt', ...json({ batch: [] }) })).json(), { batch: [] }, 'an empty batch is fine');
   t.equal((await app.inject({ method: 'POST', url: '/encrypt', ...json({ batch: [], plaintext: 'x' }) })).statusCode, 400, 'batch with other fields: 400');
+  t.equal((await app.inject({ method: 'POST', url: '/decrypt', ...json({ batch: [], token: 'x' }) })).statusCode, 400, 'a decrypt batch takes "ttl" beside it, nothing else');
 });
 
 t.test('client mistakes get 4xx with the catalogue codes, never 500', async (t) => {
