@@ -313,7 +313,8 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
     if (e.code === 'unauthorized') reply.header('www-authenticate', 'Bearer');
     return reply.code(e.status).type('application/json; charset=utf-8').send({ error: errorBody(e) });
   });
-  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: errorBody(new CryptError('not_found', `no route ${req.method} ${req.url.split('?')[0]}: see /docs`)) }));
+  // the path is not repeated: a client may have put a token in it (GET /decrypt/<token>)
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: errorBody(new CryptError('not_found', `no ${req.method} route at this path: the routes are listed at /docs`)) }));
 
   // the connection limit: connections past it get 503 on their requests, then close
   const excess = new WeakSet<Socket>();

@@ -99,6 +99,15 @@ t.test('client mistakes get 4xx with the catalogue codes, never 500', async (t) 
   }
 });
 
+t.test('a 404 does not repeat the path, which may hold a token', async (t) => {
+  const { app } = await httpApp(t);
+  const token = (await app.inject({ method: 'POST', url: '/encrypt', headers: { 'content-type': 'text/plain' }, payload: 'hello' })).body.trim();
+  const res = await app.inject({ method: 'GET', url: `/decrypt/${token}` });
+  t.equal(res.statusCode, 404, '404');
+  t.match(res.json(), { error: { code: 'not_found', message: /\/docs/ } }, 'points to /docs');
+  t.notMatch(res.body, token.slice(0, 40), 'the token is not in the reply');
+});
+
 t.test('GET on a POST route explains itself with 405 and Allow', async (t) => {
   const { app } = await httpApp(t);
   for (const url of ['/encrypt', '/decrypt']) {
