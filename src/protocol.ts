@@ -336,9 +336,16 @@ export type Reply = { ok: true; value: Buffer } | { ok: false; code: string; mes
 const OK = Buffer.from('#ok:', 'latin1');
 const ER = Buffer.from('#er#', 'latin1');
 
-/** Splits the server's reply stream into replies; used by the client library. */
+/**
+ * Splits the server's reply stream into replies; used by the client library. A long bare reply
+ * (the token of a large message) is kept as its chunks until its line break arrives, so each
+ * byte is scanned and copied once.
+ */
 export class ReplyDecoder {
+  /** The start of a reply header (`#`, `#ok:<digits>`), too short to tell yet. */
   #carry: Buffer | null = null;
+  /** The chunks of a line reply (bare value or error) whose line break has not arrived. */
+  #line: Buffer[] = [];
   #parts: Buffer[] = [];
   #size = 0;
   #need = 0;
@@ -358,6 +365,17 @@ export class ReplyDecoder {
       this.#parts = [];
       this.#size = 0;
       out.push(okBody(body, 0, body.length - 2));
+    } else if (this.#line.length > 0) {
+      const lf = b.indexOf(LF);
+      if (lf === -1) {
+        this.#line.push(b);
+        return out;
+      }
+      this.#line.push(b.subarray(0, lf + 1));
+      const line = Buffer.concat(this.#line);
+      this.#line = [];
+      out.push(lineReply(line, 0, line.length - 1));
+      pos = lf + 1;
     } else if (this.#carry) {
       b = Buffer.concat([this.#carry, b]);
       this.#carry = null;
@@ -385,17 +403,11 @@ export class ReplyDecoder {
         return out;
       }
       const lf = b.indexOf(LF, pos);
-      if (lf === -1) break;
-      if (b[pos] !== HASH) {
-        out.push({ ok: true, value: b.subarray(pos, lf) });
-      } else if (ER.equals(b.subarray(pos, pos + 4))) {
-        const line = b.toString('utf8', pos + 4, lf);
-        const sep = line.indexOf('#');
-        if (sep === -1 || !line.endsWith('#')) throw new Error('malformed error reply from server');
-        out.push({ ok: false, code: line.slice(0, sep), message: line.slice(sep + 1, -1) });
-      } else {
-        throw new Error('malformed reply from server');
+      if (lf === -1) {
+        this.#line.push(b.subarray(pos));
+        return out;
       }
+      out.push(lineReply(b, pos, lf));
       pos = lf + 1;
     }
     if (pos < b.length) this.#carry = Buffer.from(b.subarray(pos));
@@ -404,8 +416,18 @@ export class ReplyDecoder {
 
   /** True when part of a reply is still buffered. */
   get pending(): boolean {
-    return this.#carry !== null || this.#need > 0;
+    return this.#carry !== null || this.#line.length > 0 || this.#need > 0;
   }
+}
+
+/** The reply on b[pos, lf): a bare value, or `#er#<code>#<message>#`. */
+function lineReply(b: Buffer, pos: number, lf: number): Reply {
+  if (b[pos] !== HASH) return { ok: true, value: b.subarray(pos, lf) };
+  if (!ER.equals(b.subarray(pos, pos + 4))) throw new Error('malformed reply from server');
+  const line = b.toString('utf8', pos + 4, lf);
+  const sep = line.indexOf('#');
+  if (sep === -1 || !line.endsWith('#')) throw new Error('malformed error reply from server');
+  return { ok: false, code: line.slice(0, sep), message: line.slice(sep + 1, -1) };
 }
 
 function okBody(b: Buffer, start: number, end: number): Reply {

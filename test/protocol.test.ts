@@ -131,7 +131,7 @@ t.test('parseHead', async (t) => {
 t.test('reply encoding and decoding round trip in any split', async (t) => {
   const values: Array<string | Buffer> = [
     'gAAAAtoken', Buffer.from('plain'), Buffer.alloc(0), Buffer.from('#starts with hash'), Buffer.from('line\nbreak'),
-    Buffer.from('cr\r'), Buffer.from([0, 255, 10, 35, 13]), randomBytes(70000), '{"keys":[]}',
+    Buffer.from('cr\r'), Buffer.from([0, 255, 10, 35, 13]), randomBytes(70000), '{"keys":[]}', 'g'.repeat(150000),
   ];
   const errors = [new CryptError('invalid_token'), new CryptError('bad_frame', 'expected #<command>#<payload>#')];
   const wire = Buffer.concat([...values.flatMap((v) => encodeResult(v)), ...errors.map(encodeError)].map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : p)));
@@ -155,6 +155,25 @@ t.test('reply encoding and decoding round trip in any split', async (t) => {
   }
   t.same(encodeResult(Buffer.from('ok')).map(String), ['ok', '\n'], 'a safe value goes bare');
   t.same(encodeResult(Buffer.from('#x')).map(String), ['#ok:2#', '#x', '#\n'], 'a value starting with # is length-framed');
+});
+
+t.test('a long bare reply in many chunks comes back whole', async (t) => {
+  const token = 'g'.repeat(1_400_000);
+  const wire = Buffer.from(`${token}\n#er#invalid_token#invalid token#\n`, 'latin1');
+  const dec = new ReplyDecoder();
+  const got: Reply[] = [];
+  for (let i = 0; i < wire.length; i += 65536) {
+    got.push(...dec.push(wire.subarray(i, i + 65536)));
+    if (i + 65536 < token.length) t.equal(dec.pending, true, 'pending until its line break');
+  }
+  t.equal(got.length, 2, 'two replies');
+  t.ok(got[0]!.ok && got[0]!.value.toString('latin1') === token, 'the value intact');
+  t.same(got[1], { ok: false, code: 'invalid_token', message: 'invalid token' }, 'and the reply after it');
+  t.equal(dec.pending, false, 'nothing left over');
+  const split = new ReplyDecoder();
+  t.same(split.push(Buffer.from('#zz')), [], 'too short to judge');
+  t.same(split.push(Buffer.from('zzzz')), [], 'no line break yet');
+  t.throws(() => split.push(Buffer.from('z\n')), /malformed/, 'a broken reply split across chunks is refused at its line break');
 });
 
 t.test('reply decoder rejects a broken stream', async (t) => {
