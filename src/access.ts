@@ -10,7 +10,9 @@
  *   others (reachable only with --insecure) are users.
  * - `--no-get-key` refuses key export to everyone.
  * - The file is reloaded when it changes (src/files.ts); a change that fails to load keeps the
- *   tokens in force.
+ *   tokens in force. A caller that authenticated before a change (an open TCP connection) is
+ *   checked again at its next request: a removed token loses its role, a changed one gets the
+ *   new role.
  */
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
@@ -37,6 +39,10 @@ const NEEDS: Record<Operation, Role> = {
 export interface Caller {
   role: Role | null;
   loopback: boolean;
+  /** The SHA-256 of the secret that gave the role, to check it again after the file changes. */
+  digest?: Buffer;
+  /** The tokens' generation the role was checked against. */
+  generation?: number;
 }
 
 /** The shortest secret accepted in a tokens file. */
@@ -76,6 +82,7 @@ export function parseTokens(text: string): Entry[] {
 /** The access tokens of a file, reloaded when it changes. Events: `change`, `error`. */
 export class AccessTokens extends EventEmitter {
   #entries: Entry[];
+  #generation = 0;
   readonly file: string;
   readonly #serial = new Serial();
   #unwatch: (() => void) | null = null;
@@ -91,9 +98,18 @@ export class AccessTokens extends EventEmitter {
     return new AccessTokens(file, await read(file));
   }
 
+  /** Counts the reloads that put new tokens in force. */
+  get generation(): number {
+    return this.#generation;
+  }
+
   /** The role a secret grants, or null; constant time in the secret and over all entries. */
   verify(secret: string | Uint8Array): Role | null {
-    const digest = sha256(secret);
+    return this.verifyDigest(sha256(secret));
+  }
+
+  /** The role the SHA-256 of a secret grants, or null; constant time over all entries. */
+  verifyDigest(digest: Buffer): Role | null {
     let role: Role | null = null;
     for (const e of this.#entries) {
       if (timingSafeEqual(digest, e.digest) && role !== 'admin') role = e.role;
@@ -105,6 +121,7 @@ export class AccessTokens extends EventEmitter {
   readonly reload = this.#serial.coalesced(async () => {
     try {
       this.#entries = await read(this.file);
+      this.#generation++;
       this.emit('change', this.#entries.length);
     } catch (err) {
       this.emit('error', err);
@@ -148,10 +165,18 @@ export class Policy {
     this.getKey = getKey;
   }
 
-  /** The role a caller effectively has: its token's, or by address when no tokens exist. */
+  /**
+   * The role a caller effectively has: its token's, or by address when no tokens exist. A role
+   * from before the last reload of the tokens is checked again first.
+   */
   roleOf(caller: Caller): Role | null {
-    if (this.tokens) return caller.role;
-    return caller.loopback ? 'admin' : 'user';
+    const tokens = this.tokens;
+    if (!tokens) return caller.loopback ? 'admin' : 'user';
+    if (caller.digest && caller.generation !== tokens.generation) {
+      caller.role = tokens.verifyDigest(caller.digest);
+      caller.generation = tokens.generation;
+    }
+    return caller.role;
   }
 
   /** Throws unauthorized or forbidden unless the caller may run the operation. */
@@ -164,11 +189,19 @@ export class Policy {
     }
   }
 
-  /** The role for a presented secret; throws unauthorized when it matches no token. */
+  /**
+   * Gives the caller the role of a presented secret and returns it; throws unauthorized (and
+   * leaves the caller as it was) when the secret matches no token.
+   */
   authenticate(caller: Caller, secret: string | Uint8Array): Role {
-    if (!this.tokens) return this.roleOf(caller)!;
-    const role = this.tokens.verify(secret);
+    const tokens = this.tokens;
+    if (!tokens) return this.roleOf(caller)!;
+    const digest = sha256(secret);
+    const role = tokens.verifyDigest(digest);
     if (role === null) throw new CryptError('unauthorized', 'invalid access token');
+    caller.role = role;
+    caller.digest = digest;
+    caller.generation = tokens.generation;
     return role;
   }
 }

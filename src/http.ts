@@ -338,7 +338,7 @@ export async function buildHttp(service: CryptService, options: HttpOptions, log
       const m = /^Bearer +(\S+)$/i.exec(auth);
       if (!m) return done(new CryptError('unauthorized', 'the Authorization header must be: Bearer <token>'));
       try {
-        req.caller.role = service.authenticate(req.caller, m[1]!);
+        service.authenticate(req.caller, m[1]!);
       } catch (err) {
         return done(err as Error);
       }

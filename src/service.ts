@@ -104,7 +104,7 @@ export class CryptService {
     }
   }
 
-  /** The role a secret grants (throws unauthorized when it matches no token). */
+  /** Gives the caller the role a secret grants and returns it (throws unauthorized when it matches no token). */
   authenticate(caller: Caller, secret: string | Uint8Array): Role {
     return this.policy.authenticate(caller, secret);
   }

@@ -214,7 +214,6 @@ class Connection {
   authenticate(secret: Buffer): string {
     try {
       const role = this.service.authenticate(this.caller, secret);
-      this.caller.role = role;
       this.#failures = 0;
       return `ok ${role}`;
     } catch (err) {

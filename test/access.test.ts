@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { AccessTokens, Policy, parseTokens } from '../src/access.js';
-import type { Operation, Role } from '../src/access.js';
+import type { Caller, Operation, Role } from '../src/access.js';
 
 const USER = 'user-secret-0123456789';
 const ADMIN = 'admin-secret-0123456789';
@@ -92,4 +92,34 @@ t.test('Policy: who may do what', async (t) => {
   t.equal(withTokens.authenticate({ role: null, loopback: false }, ADMIN), 'admin', 'authenticate grants the role');
   t.throws(() => withTokens.authenticate({ role: null, loopback: false }, 'nope'), { code: 'unauthorized', message: 'invalid access token' }, 'a wrong secret is unauthorized');
   t.equal(without.authenticate({ role: null, loopback: true }, 'anything'), 'admin', 'without tokens, the role follows the address');
+});
+
+t.test('Policy: a caller that authenticated before the tokens changed is checked again', async (t) => {
+  const dir = t.testdir({ tokens: FILE });
+  const file = join(dir, 'tokens');
+  await fs.chmod(file, 0o600);
+  const tokens = await AccessTokens.load(file);
+  const policy = new Policy(tokens, true);
+  const user: Caller = { role: null, loopback: false };
+  const admin: Caller = { role: null, loopback: false };
+  policy.authenticate(user, USER);
+  policy.authenticate(admin, ADMIN);
+  const failed: Caller = { ...user };
+  t.throws(() => policy.authenticate(failed, 'wrong-secret-0123456789'), { code: 'unauthorized' }, 'a wrong secret is refused');
+  t.equal(failed.role, 'user', 'and leaves the caller as it was');
+  policy.authorize('encrypt', user);
+  await fs.writeFile(file, `admin ${USER}\n`);
+  await tokens.reload();
+  t.equal(tokens.generation, 1, 'a reload is a new generation');
+  t.doesNotThrow(() => policy.authorize('rotate', user), 'a changed role is in force for an open caller');
+  t.equal(user.role, 'admin', 'the caller now has the new role');
+  t.throws(() => policy.authorize('encrypt', admin), { code: 'unauthorized' }, 'a removed token no longer works for an open caller');
+  t.equal(admin.role, null, 'and its role is gone');
+  const errors: Error[] = [];
+  tokens.on('error', (err: Error) => errors.push(err));
+  await fs.writeFile(file, 'garbage\n');
+  await tokens.reload();
+  t.equal(errors.length, 1, 'the bad change is reported');
+  t.equal(tokens.generation, 1, 'a failed reload keeps the generation');
+  t.equal(policy.roleOf(user), 'admin', 'and the roles in force');
 });

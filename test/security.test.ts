@@ -124,8 +124,11 @@ t.test('the tokens file is reloaded when it changes', async (t) => {
   const { connect, waitForLog } = await start(t, { tokensFile: file });
   const NEW = 'added-later-token-0123456789';
   await t.rejects(connect({ token: NEW }), { code: 'unauthorized' }, 'an unknown token is refused');
+  const open = await connect({ token: USER });
+  await open.encrypt(Buffer.from('before'));
   await fs.writeFile(file, `user ${NEW}\n`);
   await waitForLog(/"tokens":1,"msg":"access tokens reloaded"/);
+  await t.rejects(open.encrypt(Buffer.from('after')), { code: 'unauthorized' }, 'a connection authenticated with a removed token loses its access');
   const client = await connect({ token: NEW });
   t.equal(client.role, 'user', 'the new token works without a restart');
   await t.rejects(connect({ token: USER }), { code: 'unauthorized' }, 'a removed token no longer works');
