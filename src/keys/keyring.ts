@@ -1,10 +1,11 @@
 /**
- * The keyring: the keys in force, on disk or from FERNET_KEYS, beside the service.
+ * The keyring: the keys in force, from a store (a file, or FERNET_KEYS), beside the service.
  *
  * Rules:
- * - No key is ever lost. A file that can't be read or parsed is an error and stays untouched;
- *   it is never replaced by a new key. Every change is a locked read-modify-write of the latest
- *   file, written atomically (src/files.ts), so concurrent writers can't drop each other's keys.
+ * - No key is ever lost. Stored text that can't be read or parsed is an error and stays
+ *   untouched; it is never replaced by a new key. Every change is applied to the latest stored
+ *   keys and saved with compare-and-swap (src/keys/store.ts), retried when another writer got
+ *   there first, so concurrent writers can't drop each other's keys.
  * - Each key has a public id (a fingerprint), a creation time and a state: `primary` encrypts,
  *   `active` decrypts, `retired` no longer decrypts but stays in the file.
  * - A running server reloads the file when it changes (inotify on the directory, and polling as a
@@ -15,9 +16,11 @@
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
-import { FernetKey } from './fernet.js';
-import { CryptError } from './errors.js';
-import { FileError, Serial, checkPrivate, removeLeftovers, watchForChanges, withLock, writeAtomic } from './files.js';
+import { FernetKey } from '../crypto/fernet.js';
+import { CryptError } from '../core/errors.js';
+import { FileError, Serial } from './files.js';
+import { FileStore, ListStore } from './store.js';
+import type { KeyStore, Stored } from './store.js';
 
 /** The state of a key in the keyring. */
 export type KeyState = 'primary' | 'active' | 'retired';
@@ -112,18 +115,34 @@ export class KeySet {
     return JSON.stringify({ format: FORMAT, keys }, null, 2) + '\n';
   }
 
+  /** Every key with its public facts, retired ones too, newest first. */
+  all(): ReadonlyArray<KeyInfo & { key: FernetKey }> {
+    return this.#entries;
+  }
+
   /** Public facts about every key, newest first. */
   info(): KeyInfo[] {
     return this.#entries.map(({ id, state, created }) => ({ id, state, created }));
   }
 
-  /** The keys in Fernet's format, as a FERNET_KEYS list would give them (for worker threads). */
-  exportDecrypting(): string[] {
-    return this.decrypting.map((k) => k.export());
+  /** The decrypting keys' raw bytes, primary first, each in a buffer of its own (for worker threads; wipe after use). */
+  secrets(): Uint8Array[] {
+    return this.decrypting.map((k) => k.exportBytes());
   }
 
-  /** This set with a new primary key; the old primary becomes active. */
-  rotated(now = new Date()): KeySet {
+  /** A set of decrypting keys, the first one primary (a worker thread's copy). */
+  static fromKeys(keys: FernetKey[]): KeySet {
+    return new KeySet(keys.map((key, i): Entry => ({ id: key.id, state: i === 0 ? 'primary' : 'active', created: null, key })));
+  }
+
+  /**
+   * This set with a new primary key; the old primary becomes active. Refused when maxDecrypting
+   * keys would then decrypt: every forged token is checked against each of them.
+   */
+  rotated(now = new Date(), maxDecrypting = Infinity): KeySet {
+    if (this.decrypting.length + 1 > maxDecrypting) {
+      throw new CryptError('conflict', `${this.decrypting.length} keys decrypt already, the most allowed (--max-keys ${maxDecrypting}): retire old ones first with crypt-server keys retire <id>`);
+    }
     const key = FernetKey.generate();
     const rest = this.#entries.map((e): Entry => (e.state === 'primary' ? { ...e, state: 'active' } : e));
     return new KeySet([{ id: key.id, state: 'primary', created: now.toISOString(), key }, ...rest]);
@@ -150,20 +169,25 @@ function unique(entries: Entry[]): Entry[] {
 /** Where keys come from: a keyring file, or FERNET_KEYS (read-only). */
 export type KeySource = { file: string } | { list: string };
 
+/** The store for a source. */
+export const storeOf = (source: KeySource): KeyStore => ('list' in source ? new ListStore(source.list) : new FileStore(source.file));
+
+const MAX_RETRIES = 20;
+
 /** Events: `change` (KeySet, reason) after a reload or an update; `error` (Error) when a reload fails. */
 export class Keyring extends EventEmitter {
   #current: KeySet;
-  #text: string;
-  readonly file: string | null;
+  #version: string;
+  readonly store: KeyStore;
   #unwatch: (() => void) | null = null;
   /** Reloads and updates of this object run one after another, in order. */
   readonly #serial = new Serial();
 
-  private constructor(current: KeySet, file: string | null, text: string) {
+  private constructor(store: KeyStore, current: KeySet, version: string) {
     super();
+    this.store = store;
     this.#current = current;
-    this.file = file;
-    this.#text = text;
+    this.#version = version;
   }
 
   /** The keys in force now. */
@@ -171,68 +195,68 @@ export class Keyring extends EventEmitter {
     return this.#current;
   }
 
+  /** The keyring file, or null for FERNET_KEYS. */
+  get file(): string | null {
+    return this.store.writable ? this.store.where : null;
+  }
+
   /**
-   * Opens the keyring: FERNET_KEYS, or the file, created (with a new key) only when absent.
-   * `created` tells whether this call made the file.
+   * Opens the keyring. A missing keyring file is created (with one new key) only when `create`
+   * is true; `created` tells whether this call made it.
    */
-  static async open(source: KeySource, options: { create?: boolean } = {}): Promise<{ keyring: Keyring; created: boolean }> {
-    if ('list' in source) {
-      const set = KeySet.fromList(source.list);
-      return { keyring: new Keyring(set, null, ''), created: false };
+  static async open(source: KeySource | KeyStore, options: { create?: boolean } = {}): Promise<{ keyring: Keyring; created: boolean }> {
+    const store = 'load' in source ? source : storeOf(source);
+    if (!store.writable) {
+      const stored = (await store.load())!;
+      return { keyring: new Keyring(store, KeySet.fromList(stored.text), stored.version), created: false };
     }
-    const file = source.file;
-    const existing = await load(file);
-    if (existing) return { keyring: new Keyring(existing.set, file, existing.text), created: false };
-    if (options.create === false) throw new FileError(`keyring ${file} does not exist`);
-    await fs.mkdir(dirname(file), { recursive: true, mode: 0o700 });
-    let created = false;
-    const result = await withLock(lockPath(file), async () => {
-      const raced = await load(file);
-      if (raced) return raced;
-      const set = KeySet.generate();
-      const text = set.serialize();
-      await writeAtomic(file, text);
-      created = true;
-      return { set, text };
-    });
-    return { keyring: new Keyring(result.set, file, result.text), created };
+    const existing = await parsed(store);
+    if (existing) return { keyring: new Keyring(store, existing.set, existing.version), created: false };
+    if (!options.create) throw new FileError(`keyring ${store.where} does not exist: create it with crypt-server keys init (or start with --init)`);
+    await fs.mkdir(dirname(store.where), { recursive: true, mode: 0o700 });
+    const set = KeySet.generate();
+    const version = await store.save(set.serialize(), null);
+    if (version !== null) return { keyring: new Keyring(store, set, version), created: true };
+    // another process created it first: use theirs
+    const raced = await parsed(store);
+    if (!raced) throw new FileError(`keyring ${store.where} vanished while being created`);
+    return { keyring: new Keyring(store, raced.set, raced.version), created: false };
   }
 
-  /** Applies a change to the latest file under the lock, saves it, and puts it in force. */
+  /** Applies a change to the latest stored keys, saves it, and puts it in force. */
   update(change: (set: KeySet) => KeySet): Promise<KeySet> {
-    const file = this.file;
-    if (file === null) return Promise.reject(new CryptError('conflict', 'keys come from FERNET_KEYS: change that list instead (newest first)'));
+    if (!this.store.writable) return Promise.reject(new CryptError('conflict', 'keys come from FERNET_KEYS: change that list instead (newest first)'));
     return this.#serial.run(async () => {
-      const { set, text } = await withLock(lockPath(file), async () => {
-        await removeLeftovers(file);
-        const latest = await load(file);
-        if (!latest) throw new FileError(`keyring ${file} has disappeared; refusing to write a new one`);
+      for (let i = 0; i < MAX_RETRIES; i++) {
+        const latest = await parsed(this.store);
+        if (!latest) throw new FileError(`keyring ${this.store.where} has disappeared; refusing to write a new one`);
         const next = change(latest.set);
-        const text = next.serialize();
-        await writeAtomic(file, text);
-        return { set: next, text };
-      });
-      this.#install(set, text, 'update');
-      return set;
+        const version = await this.store.save(next.serialize(), latest.version);
+        if (version !== null) {
+          this.#install(next, version, 'update');
+          return next;
+        }
+      }
+      throw new FileError(`keyring ${this.store.where} kept changing under this update; try again`);
     });
   }
 
-  /** Reloads the file if it changed; a failure is emitted as `error` and the keys stay. */
+  /** Reloads the stored keys if they changed; a failure is emitted as `error` and the keys stay. */
   readonly reload = this.#serial.coalesced(async () => {
-    if (this.file === null) return;
+    if (!this.store.writable) return;
     try {
-      const latest = await load(this.file);
-      if (!latest) throw new FileError(`keyring ${this.file} has disappeared; keeping the keys in force`);
-      if (latest.text !== this.#text) this.#install(latest.set, latest.text, 'reload');
+      const latest = await parsed(this.store);
+      if (!latest) throw new FileError(`keyring ${this.store.where} has disappeared; keeping the keys in force`);
+      if (latest.version !== this.#version) this.#install(latest.set, latest.version, 'reload');
     } catch (err) {
       this.emit('error', err);
     }
   });
 
-  /** Watches the file for changes made by other processes (see watchForChanges). */
+  /** Watches the store for changes made by other processes. */
   watch(intervalMs = 500): void {
-    if (this.file === null || this.#unwatch) return;
-    this.#unwatch = watchForChanges(this.file, () => void this.reload(), intervalMs);
+    if (this.#unwatch) return;
+    this.#unwatch = this.store.watch(() => void this.reload(), intervalMs);
   }
 
   /** Stops watching. */
@@ -241,29 +265,20 @@ export class Keyring extends EventEmitter {
     this.#unwatch = null;
   }
 
-  #install(set: KeySet, text: string, reason: 'update' | 'reload'): void {
+  #install(set: KeySet, version: string, reason: 'update' | 'reload'): void {
     this.#current = set;
-    this.#text = text;
+    this.#version = version;
     this.emit('change', set, reason);
   }
 }
 
-const lockPath = (file: string): string => `${file}.lock`;
-
-/** Reads and parses the file; null when it doesn't exist; a FileError naming the file otherwise. */
-async function load(file: string): Promise<{ set: KeySet; text: string } | null> {
-  let text: string;
+/** Loads and parses the stored keys; null when there are none; a FileError naming the store otherwise. */
+async function parsed(store: KeyStore): Promise<{ set: KeySet; version: string } | null> {
+  const stored: Stored | null = await store.load();
+  if (!stored) return null;
   try {
-    text = await fs.readFile(file, 'utf8');
+    return { set: KeySet.parse(stored.text), version: stored.version };
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'ENOENT') return null;
-    throw new FileError(`cannot read keyring ${file} (${e.code ?? e.message})`);
-  }
-  await checkPrivate(file, 'keyring');
-  try {
-    return { set: KeySet.parse(text), text };
-  } catch (err) {
-    throw new FileError(`keyring ${file} is not valid: ${(err as Error).message}; it was left untouched`);
+    throw new FileError(`keyring ${store.where} is not valid: ${(err as Error).message}; it was left untouched`);
   }
 }

@@ -1,0 +1,189 @@
+import t from 'tap';
+import { promises as fs, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { once } from 'node:events';
+import { Keyring, KeySet } from '../../src/keys/keyring.js';
+import { FileStore } from '../../src/keys/store.js';
+import type { KeyStore } from '../../src/keys/store.js';
+import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
+
+
+t.test('first open creates a 0600 keyring; later opens load the same keys', async (t) => {
+  const dir = t.testdir();
+  const file = join(dir, 'sub', 'keyring.json');
+  const first = await Keyring.open({ file }, { create: true });
+  t.equal(first.created, true, 'the first open creates the file');
+  t.equal(statSync(file).mode & 0o777, 0o600, 'the keyring is readable by its owner only');
+  t.equal(statSync(join(dir, 'sub')).mode & 0o777, 0o700, 'a directory it creates is private too');
+  const token = first.keyring.current.primary.encrypt(Buffer.from('before restart'));
+  const second = await Keyring.open({ file });
+  t.equal(second.created, false, 'the second open loads');
+  t.equal(decrypt(second.keyring.current.decrypting, token).plaintext.toString(), 'before restart', 'a token from before a restart decrypts after it');
+  t.same(await fs.readdir(join(dir, 'sub')), ['keyring.json'], 'no temp or lock file is left behind');
+});
+
+t.test('concurrent first opens agree on one key', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  const opened = await Promise.all(Array.from({ length: 8 }, () => Keyring.open({ file }, { create: true })));
+  t.equal(opened.filter((o) => o.created).length, 1, 'exactly one open created the file');
+  t.equal(new Set(opened.map((o) => o.keyring.current.primary.id)).size, 1, 'all see the same primary');
+});
+
+t.test('a keyring that cannot be read or parsed is an error and stays untouched', async (t) => {
+  const dir = t.testdir({ 'garbage.json': '{"format": "crypt-keyring/1", "keys": [', 'isdir.json': {} });
+  const garbage = join(dir, 'garbage.json');
+  await fs.chmod(garbage, 0o600);
+  const before = await fs.readFile(garbage);
+  await t.rejects(Keyring.open({ file: garbage }), { message: /keyring .*garbage\.json is not valid: not valid JSON; it was left untouched/ }, 'unparseable file is refused');
+  t.ok((await fs.readFile(garbage)).equals(before), 'the file is unchanged');
+  await t.rejects(Keyring.open({ file: join(dir, 'isdir.json') }), { message: /keyring .*isdir\.json is not a regular file/ }, 'a directory is refused');
+  await t.rejects(Keyring.open({ file: join(dir, 'missing.json') }), { message: /keyring .*missing\.json does not exist: create it with crypt-server keys init \(or start with --init\)/ }, 'no creation unless asked');
+
+  const key = FernetKey.generate();
+  const cases: Array<[string, unknown, RegExp]> = [
+    ['empty file', '', /not valid JSON/],
+    ['wrong format', { keys: [] }, /not a keyring/],
+    ['no primary', { format: 'crypt-keyring/1', keys: [] }, /exactly one primary key, found 0/],
+    ['bad key', { format: 'crypt-keyring/1', keys: [{ id: 'x', state: 'primary', created: null, key: 'nope' }] }, /key 1: "key" is not a Fernet key/],
+    ['bad state', { format: 'crypt-keyring/1', keys: [{ id: key.id, state: 'on', created: null, key: key.export() }] }, /"state" must be/],
+    ['wrong id', { format: 'crypt-keyring/1', keys: [{ id: 'abc', state: 'primary', created: null, key: key.export() }] }, /does not match its key/],
+    ['bad time', { format: 'crypt-keyring/1', keys: [{ id: key.id, state: 'primary', created: 'yesterday', key: key.export() }] }, /"created" must be/],
+    ['duplicate', { format: 'crypt-keyring/1', keys: [{ id: key.id, state: 'primary', created: null, key: key.export() }, { id: key.id, state: 'active', created: null, key: key.export() }] }, /appears twice/],
+  ];
+  for (const [name, doc, message] of cases) {
+    const text = typeof doc === 'string' ? doc : JSON.stringify(doc);
+    const err = (() => { try { KeySet.parse(text); return null; } catch (e) { return e as Error; } })();
+    t.match(err?.message, message, `${name} is refused with a clear message`);
+    t.notMatch(err?.message ?? '', key.export().slice(0, 20), `${name}: the message shows no key`);
+  }
+});
+
+t.test('a keyring open to group or others is refused with the chmod fix', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  await Keyring.open({ file }, { create: true });
+  await fs.chmod(file, 0o640);
+  await t.rejects(Keyring.open({ file }), { message: `keyring ${file} has mode 0640, open to group or others: run chmod 600 ${file}` }, 'loose mode is refused');
+  await fs.chmod(file, 0o600);
+  t.ok(await Keyring.open({ file }), 'after chmod 600 it opens');
+});
+
+t.test('FERNET_KEYS supplies keys without a file, newest first', async (t) => {
+  const a = FernetKey.generate();
+  const b = FernetKey.generate();
+  const { keyring } = await Keyring.open({ list: ` ${a.export()}, ${b.export()} ` });
+  t.equal(keyring.current.primary.id, a.id, 'the first key is the primary');
+  t.same(keyring.current.decrypting.map((k) => k.id), [a.id, b.id], 'both decrypt, newest first');
+  t.same(keyring.current.info(), [{ id: a.id, state: 'primary', created: null }, { id: b.id, state: 'active', created: null }], 'info has ids and states');
+  await t.rejects(keyring.update((s) => s.rotated()), { code: 'conflict', message: /FERNET_KEYS/ }, 'rotation is refused with a pointer to FERNET_KEYS');
+  t.throws(() => KeySet.fromList(`${a.export()},not-a-key`), { message: 'FERNET_KEYS: key 2 of 2 is not a Fernet key (44 characters of base64url)' }, 'an invalid key is named by position only');
+  t.throws(() => KeySet.fromList(' , '), { message: /holds no key/ }, 'an empty list is an error');
+  await keyring.reload();
+  keyring.watch();
+  keyring.close();
+});
+
+t.test('rotation, retirement and reactivation', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  const { keyring } = await Keyring.open({ file }, { create: true });
+  const first = keyring.current.primary;
+  const oldToken = first.encrypt(Buffer.from('old'));
+  const changes: string[] = [];
+  keyring.on('change', (_set, reason: string) => changes.push(reason));
+  const rotated = await keyring.update((s) => s.rotated());
+  t.not(rotated.primary.id, first.id, 'a new primary');
+  t.same(rotated.info().map((i) => i.state), ['primary', 'active'], 'the old primary becomes active');
+  t.equal(decrypt(keyring.current.decrypting, oldToken).plaintext.toString(), 'old', 'old tokens still decrypt');
+  t.same(changes, ['update'], 'a change event');
+  await t.rejects(keyring.update((s) => s.withState(rotated.primary.id, 'retired')), { code: 'conflict', message: /primary key: rotate first/ }, 'the primary cannot be retired');
+  await t.rejects(keyring.update((s) => s.withState('000000000000', 'retired')), { code: 'not_found', message: 'no key with id 000000000000' }, 'an unknown id is an error');
+  await keyring.update((s) => s.withState(first.id, 'retired'));
+  t.throws(() => decrypt(keyring.current.decrypting, oldToken), { code: 'invalid_token' }, 'tokens of a retired key stop decrypting');
+  const onDisk = KeySet.parse(await fs.readFile(file, 'utf8'));
+  t.same(onDisk.info().map((i) => i.state), ['primary', 'retired'], 'the retired key stays in the file');
+  await keyring.update((s) => s.withState(first.id, 'active'));
+  t.equal(decrypt(keyring.current.decrypting, oldToken).plaintext.toString(), 'old', 'reactivated, it decrypts again');
+});
+
+t.test('concurrent updates in one process never lose a key', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  await Keyring.open({ file }, { create: true });
+  const handles = await Promise.all(Array.from({ length: 5 }, () => Keyring.open({ file })));
+  await Promise.all(handles.flatMap((h) => [h.keyring.update((s) => s.rotated()), h.keyring.update((s) => s.rotated())]));
+  const final = KeySet.parse(await fs.readFile(file, 'utf8'));
+  t.equal(final.info().length, 11, 'the first key and all ten rotations are there');
+});
+
+t.test('reload picks up other writers and ignores a broken change', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  const { keyring } = await Keyring.open({ file }, { create: true });
+  const other = (await Keyring.open({ file })).keyring;
+  keyring.watch(20);
+  // the watcher does not hold the process open (a server's sockets do); this test's timer does
+  const keepAlive = setInterval(() => undefined, 1000);
+  t.teardown(() => { keyring.close(); clearInterval(keepAlive); });
+  const changed = once(keyring, 'change');
+  await other.update((s) => s.rotated());
+  const [set, reason] = (await changed) as [KeySet, string];
+  t.equal(reason, 'reload', 'the watcher reloaded');
+  t.equal(set.primary.id, other.current.primary.id, 'and sees the new primary');
+
+  // one change can be seen more than once (inotify and polling): wait for the error expected
+  const nextError = (pattern: RegExp) => new Promise<Error>((resolve) => {
+    const on = (err: Error) => {
+      if (!pattern.test(err.message)) return;
+      keyring.off('error', on);
+      resolve(err);
+    };
+    keyring.on('error', on);
+  });
+  const inForce = keyring.current.primary.id;
+  const failed = nextError(/is not valid: not valid JSON/);
+  await fs.writeFile(file, '{ broken');
+  t.ok(await failed, 'a broken change is reported');
+  t.equal(keyring.current.primary.id, inForce, 'and the keys in force stay');
+
+  const loose = nextError(/run chmod 600/);
+  await fs.writeFile(file, other.current.serialize());
+  await fs.chmod(file, 0o644);
+  t.ok(await loose, 'a file opened to others is not loaded');
+  const gone = nextError(/has disappeared; keeping the keys in force/);
+  await fs.rm(file);
+  t.ok(await gone, 'a removed file keeps the keys');
+  t.equal(keyring.current.primary.id, inForce, 'still the same keys');
+  await t.rejects(keyring.update((s) => s.rotated()), { message: /has disappeared; refusing to write a new one/ }, 'no update recreates a lost keyring');
+});
+
+t.test('the storage seam: compare-and-swap, and an update retried when another writer got there first', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  await Keyring.open({ file }, { create: true });
+  const store = new FileStore(file);
+  const stored = (await store.load())!;
+  t.equal(await store.save(stored.text, 'not-the-version'), null, 'a save from a stale version writes nothing');
+  t.equal(await store.save(stored.text, null), null, 'a create over an existing keyring writes nothing');
+  t.equal(await fs.readFile(file, 'utf8'), stored.text, 'the file is untouched');
+  // a store whose first save loses a race: another process rotates just before it
+  const other = (await Keyring.open({ file })).keyring;
+  let raced = false;
+  const racy: KeyStore = {
+    where: store.where,
+    writable: true,
+    load: () => store.load(),
+    watch: () => () => undefined,
+    async save(text, expected) {
+      if (!raced) {
+        raced = true;
+        await other.update((set) => set.rotated());
+      }
+      return store.save(text, expected);
+    },
+  };
+  const { keyring } = await Keyring.open(racy);
+  let calls = 0;
+  const next = await keyring.update((set) => {
+    calls++;
+    return set.rotated();
+  });
+  t.equal(calls, 2, 'the change ran again on the latest keys');
+  t.equal(next.info().length, 3, "both rotations are kept: the other writer's and this one");
+  t.same(KeySet.parse(await fs.readFile(file, 'utf8')).info().map((k) => k.id), next.info().map((k) => k.id), 'as on disk');
+});
