@@ -6,7 +6,7 @@
 import { createRequire } from 'node:module';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { FernetKey, decrypt } from '../src/fernet.js';
+import { FernetKey, decrypt } from '../src/crypto/fernet.js';
 import { PlainFernet } from './plain-fernet.js';
 import { median, rate, ratio, table } from './stats.js';
 

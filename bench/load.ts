@@ -11,7 +11,8 @@
 import net from 'node:net';
 import { once } from 'node:events';
 import { percentile } from './stats.js';
-import { ReplyDecoder, encodeRequest } from '../src/protocol.js';
+import { encodeRequest } from '../src/wire/frames.js';
+import { ReplyDecoder } from '../src/wire/replies.js';
 
 /** What to run. */
 export interface LoadOptions {

@@ -1,13 +1,14 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { randomBytes } from 'node:crypto';
-import { FrameDecoder, ReplyDecoder, encodeError, encodeRequest, encodeResult, isFault, parseHead, MAX_HEAD } from '../src/protocol.js';
-import type { Decoded, Reply } from '../src/protocol.js';
-import { CryptError } from '../src/errors.js';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { FrameDecoder, HTTP_ON_TCP, encodeRequest, isFault, parseHead, MAX_HEAD } from '../../src/wire/frames.js';
+import type { Decoded } from '../../src/wire/frames.js';
 
 type Item = string; // a compact, comparable rendering of a decoded item
 const show = (d: Decoded): Item =>
-  isFault(d) ? `!${d.error.code}${d.fatal ? ' fatal' : ''}` : `${d.command}${d.options ? JSON.stringify(d.options) : ''}:${d.payload.toString('latin1')}`;
+  isFault(d) ? `!${d.error.code}${d.fatal ? ' fatal' : ''}${d.http ? ' http' : ''}` : `${d.command}${d.options ? JSON.stringify(d.options) : ''}:${d.payload.toString('latin1')}`;
 
 /** Decodes input split at the given cut points, then ends the stream. */
 function decode(input: Buffer, cuts: number[], max = 100): Item[] {
@@ -80,6 +81,8 @@ t.test('bad lines are answered and skipped', async (t) => {
   check(t, 'bad options', '#de,TTL#a#\n#en#b#\n', ['!bad_frame', 'en:b']);
   check(t, 'long head', `#${'x'.repeat(MAX_HEAD + 5)}#a#\n#en#b#\n`, ['!bad_frame', 'en:b']);
   check(t, 'truncated head at end of stream', '#en#a#\n#e', ['en:a', '!bad_frame']);
+  check(t, 'a word without a line break at end of stream', 'hello', ['!bad_frame']);
+  check(t, 'a header-like word that is not HTTP', 'note: hi\n#en#a#\n', ['!bad_frame', 'en:a']);
   check(t, 'unfinished line at end of stream', '#en#abc', ['!bad_frame']);
 });
 
@@ -128,62 +131,6 @@ t.test('parseHead', async (t) => {
   for (const bad of ['', 'e n', 'de,', 'de,ttl', 'de,=1', 'de,Ttl=1', 'de,ttl=1=2', 'x'.repeat(17)]) t.equal(parseHead(bad), null, `rejects ${JSON.stringify(bad)}`);
 });
 
-t.test('reply encoding and decoding round trip in any split', async (t) => {
-  const values: Array<string | Buffer> = [
-    'gAAAAtoken', Buffer.from('plain'), Buffer.alloc(0), Buffer.from('#starts with hash'), Buffer.from('line\nbreak'),
-    Buffer.from('cr\r'), Buffer.from([0, 255, 10, 35, 13]), randomBytes(70000), '{"keys":[]}', 'g'.repeat(150000),
-  ];
-  const errors = [new CryptError('invalid_token'), new CryptError('bad_frame', 'expected #<command>#<payload>#')];
-  const wire = Buffer.concat([...values.flatMap((v) => encodeResult(v)), ...errors.map(encodeError)].map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : p)));
-  const expected = [
-    ...values.map((v) => ({ ok: true, value: Buffer.from(v).toString('hex') })),
-    { ok: false, code: 'invalid_token', message: 'invalid token' },
-    { ok: false, code: 'bad_frame', message: 'expected #<command>#<payload>#' },
-  ];
-  const render = (r: Reply) => (r.ok ? { ok: true, value: r.value.toString('hex') } : r);
-  for (let trial = 0; trial < 60; trial++) {
-    const cuts = trial === 0 ? Array.from({ length: 300 }, (_, i) => i + 1) : randomCuts(wire.length);
-    const dec = new ReplyDecoder();
-    const got: Reply[] = [];
-    let prev = 0;
-    for (const cut of [...cuts, wire.length]) {
-      got.push(...dec.push(wire.subarray(prev, cut)));
-      prev = cut;
-    }
-    t.same(got.map(render), expected, `replies decode (trial ${trial})`);
-    t.equal(dec.pending, false, 'nothing left over');
-  }
-  t.same(encodeResult(Buffer.from('ok')).map(String), ['ok', '\n'], 'a safe value goes bare');
-  t.same(encodeResult(Buffer.from('#x')).map(String), ['#ok:2#', '#x', '#\n'], 'a value starting with # is length-framed');
-});
-
-t.test('a long bare reply in many chunks comes back whole', async (t) => {
-  const token = 'g'.repeat(1_400_000);
-  const wire = Buffer.from(`${token}\n#er#invalid_token#invalid token#\n`, 'latin1');
-  const dec = new ReplyDecoder();
-  const got: Reply[] = [];
-  for (let i = 0; i < wire.length; i += 65536) {
-    got.push(...dec.push(wire.subarray(i, i + 65536)));
-    if (i + 65536 < token.length) t.equal(dec.pending, true, 'pending until its line break');
-  }
-  t.equal(got.length, 2, 'two replies');
-  t.ok(got[0]!.ok && got[0]!.value.toString('latin1') === token, 'the value intact');
-  t.same(got[1], { ok: false, code: 'invalid_token', message: 'invalid token' }, 'and the reply after it');
-  t.equal(dec.pending, false, 'nothing left over');
-  const split = new ReplyDecoder();
-  t.same(split.push(Buffer.from('#zz')), [], 'too short to judge');
-  t.same(split.push(Buffer.from('zzzz')), [], 'no line break yet');
-  t.throws(() => split.push(Buffer.from('z\n')), /malformed/, 'a broken reply split across chunks is refused at its line break');
-});
-
-t.test('reply decoder rejects a broken stream', async (t) => {
-  t.throws(() => new ReplyDecoder().push(Buffer.from('#zz#\n')), /malformed/, 'unknown # reply');
-  t.throws(() => new ReplyDecoder().push(Buffer.from('#ok:x#\n')), /malformed/, 'bad length');
-  t.throws(() => new ReplyDecoder().push(Buffer.from('#ok:1#ab\n')), /malformed/, 'bad trailer');
-  t.throws(() => new ReplyDecoder().push(Buffer.from('#er#nomessage\n')), /malformed/, 'bad error');
-  t.throws(() => new ReplyDecoder().push(Buffer.from(`#ok:${'1'.repeat(30)}`)), /malformed/, 'runaway header');
-});
-
 t.test('requests encode to the length form', async (t) => {
   t.equal(encodeRequest('de', Buffer.from('tok'), { ttl: 60 }).toString(), '#de,ttl=60:3#tok#\n', 'with options');
   t.equal(encodeRequest('gk', Buffer.alloc(0)).toString(), '#gk:0##\n', 'empty');
@@ -194,4 +141,38 @@ t.test('limits can differ per command, and the error names the command and its l
   const out = dec.push(Buffer.from('#en#12345#\n#de#12345#\n#de:9#123456789#\n#en:5#12345#\n'));
   t.same(out.map(show), ['!too_large', 'de:12345', '!too_large', '!too_large'], 'en stops at 4 bytes, de at 8');
   t.same(out.filter(isFault).map((f) => f.error.message), ['en payload exceeds the limit of 4 bytes', 'de payload exceeds the limit of 8 bytes', 'en payload exceeds the limit of 4 bytes'], 'each names its command and limit');
+});
+
+t.test('a line that looks like HTTP closes the stream: nothing after it is decoded', async (t) => {
+  const browser = 'POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\n\n#rk##\n';
+  check(t, "a web page's cross-protocol POST", browser, ['!bad_frame fatal http']);
+  check(t, 'a header line after a request', '#en#a#\nHost: evil.example\n#rk##\n', ['en:a', '!bad_frame fatal http']);
+  check(t, 'Origin header', 'origin: http://evil.example\n#gk##\n', ['!bad_frame fatal http']);
+  for (const line of ['GET / HTTP/1.1', 'PUT /x HTTP/1.0', 'HEAD / HTTP/1.1', 'OPTIONS * HTTP/1.1', 'HTTP/1.1 200 OK', 'PRI * HTTP/2.0']) {
+    check(t, line, `${line}\r\n#rk##\n`, ['!bad_frame fatal http']);
+  }
+  const [f] = new FrameDecoder(100).push(Buffer.from('GET / HTTP/1.1\r\n'));
+  t.ok(f && isFault(f) && f.error.message === HTTP_ON_TCP && f.error.close, 'the fault says where HTTP is, and asks for a close');
+});
+
+t.test('a frame arriving one byte per chunk costs its bytes, not an object per chunk', async (t) => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const n = 200_000;
+  const dec = new FrameDecoder(n);
+  t.equal(dec.pending, false, 'nothing pending at first');
+  dec.push(Buffer.from('#en#'));
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < n; i++) {
+    const one = Buffer.alloc(1, 0x61);
+    if (dec.push(one).length !== 0) t.fail('nothing completes early');
+  }
+  gc();
+  const grown = process.memoryUsage().heapUsed - before;
+  t.ok(dec.pending, 'a frame is pending');
+  t.ok(grown < 8 * 1024 * 1024, `200,000 one-byte chunks held in ${(grown / 1048576).toFixed(1)} MiB of heap (one object each would be 30 MiB or more)`);
+  const [frame] = dec.push(Buffer.from('#\n'));
+  t.ok(frame && !isFault(frame) && frame.payload.length === n && frame.payload.every((b) => b === 0x61), 'and the frame comes out whole');
+  t.equal(dec.pending, false, 'nothing pending after it');
 });

@@ -1,20 +1,25 @@
 /**
- * The TCP wire format, with no socket in sight: a request decoder that takes chunks and returns
- * complete frames, the reply encoder, and the reply decoder the client uses. See docs/protocol.md.
+ * Requests on the TCP wire, with no socket in sight: a decoder that takes chunks and returns
+ * complete frames, and the encoder clients use. See docs/protocol.md.
  *
  * Rules:
  * - Line form `#<head>#<payload>#` LF (CR LF too): the payload is every byte between the second
  *   '#' and the last '#' of the line. Length form `#<head>:<n>#`, n bytes, `#` LF: binary-safe.
  *   `<head>` is a command and options: `de` or `de,ttl=60`.
  * - Faults take the place of the request they replace, so replies stay in order. A fault is
- *   fatal only when the stream cannot be resynchronised (a broken length form); a bad line is
- *   skipped up to its line break.
+ *   fatal when the stream cannot be resynchronised (a broken length form), or when a line looks
+ *   like HTTP (a browser's cross-protocol request, or a person pointing curl at this port):
+ *   nothing after it is decoded, so nothing after it can run.
  * - Nothing larger than the payload limit is buffered: an oversized line is answered as soon as
  *   it passes the limit and then skipped; an oversized length form is answered from its header
  *   and its bytes are skipped as they arrive.
- * - Payloads are views into the chunks given to push(); copy them to keep them.
+ * - A frame in one chunk is a view into it; a frame over several chunks is copied into one buffer
+ *   that grows with what arrived (never to a declared length up front), so many tiny segments
+ *   cost their bytes, not an object each.
+ * - Payloads are views; copy them to keep them past the next push().
+ * - Messages quote frames ("#gk##") so that an error line read in nc never ends in an instruction.
  */
-import { CryptError } from './errors.js';
+import { CryptError } from '../core/errors.js';
 
 const HASH = 0x23;
 const LF = 0x0a;
@@ -23,6 +28,8 @@ const COLON = 0x3a;
 /** Longest `<head>` (command and options) accepted, in bytes. */
 export const MAX_HEAD = 64;
 const MAX_DIGITS = 15;
+/** Bytes of a line not starting with '#' looked at to tell HTTP from a typing mistake. */
+const PROBE = 24;
 const EMPTY = Buffer.alloc(0);
 
 /** A complete request. */
@@ -36,6 +43,8 @@ export interface Frame {
 export interface Fault {
   error: CryptError;
   fatal: boolean;
+  /** The fault is a line that looks like HTTP (a probable cross-protocol request). */
+  http?: boolean;
 }
 
 /** What the decoder yields, in stream order. */
@@ -55,14 +64,19 @@ const enum State {
   Closed,
 }
 
-const USAGE = 'expected #<command>#<payload># or #<command>:<length>#<bytes>#';
+const USAGE = 'expected "#<command>#<payload>#" or "#<command>:<length>#<bytes>#" (see docs/protocol.md)';
+
+/** The message that answers HTTP sent to the TCP port. */
+export const HTTP_ON_TCP = "this is crypt's TCP port, which speaks crypt's own protocol (docs/protocol.md), not HTTP: HTTP is served on --http-port (8080 by default)";
+
+const HTTP_LINE = /^(?:(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) |HTTP\/|(?:host|origin|referer|user-agent|accept|accept-[a-z]+|content-type|content-length|connection|cookie|upgrade|sec-fetch-[a-z]+|sec-ch-[a-z-]+|transfer-encoding):)/i;
 
 const fault = (code: 'bad_frame' | 'too_large', message: string, fatal = false): Fault => ({
   error: new CryptError(code, message),
   fatal,
 });
 
-/** Parses `cmd` or `cmd,key=value,...`; null when malformed. */
+/** Parses `cmd` or `cmd,key=value,...`; null when malformed. Options are a null-prototype object. */
 export function parseHead(head: string): { command: string; options: Record<string, string> | null } | null {
   const comma = head.indexOf(',');
   const command = comma === -1 ? head : head.slice(0, comma);
@@ -71,10 +85,45 @@ export function parseHead(head: string): { command: string; options: Record<stri
   const options: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const part of head.slice(comma + 1).split(',')) {
     const m = /^([a-z][a-z0-9_]*)=([A-Za-z0-9_.-]*)$/.exec(part);
-    if (!m) return null;
+    if (!m || Object.hasOwn(options, m[1]!)) return null;
     options[m[1]!] = m[2]!;
   }
   return { command, options };
+}
+
+/** Collects the bytes of one frame: a view while they came in one chunk, else one growing copy. */
+class Collector {
+  #view: Buffer | null = null;
+  #buf: Buffer | null = null;
+  size = 0;
+
+  add(part: Buffer, cap: number): void {
+    if (part.length === 0) return;
+    if (this.size === 0) {
+      this.#view = part;
+      this.size = part.length;
+      return;
+    }
+    const need = this.size + part.length;
+    if (!this.#buf || this.#buf.length < need) {
+      const grown = Buffer.allocUnsafe(Math.min(Math.max(need, (this.#buf?.length ?? 0) * 2, 256), Math.max(cap, need)));
+      if (this.#buf) this.#buf.copy(grown, 0, 0, this.size);
+      else this.#view!.copy(grown, 0);
+      this.#buf = grown;
+      this.#view = null;
+    }
+    part.copy(this.#buf, this.size);
+    this.size = need;
+  }
+
+  /** The bytes, and a reset. */
+  take(): Buffer {
+    const out = this.#buf ? this.#buf.subarray(0, this.size) : this.#view ?? EMPTY;
+    this.#view = null;
+    this.#buf = null;
+    this.size = 0;
+    return out;
+  }
 }
 
 /** Splits a byte stream into requests; see the rules at the top of this file. */
@@ -83,8 +132,7 @@ export class FrameDecoder {
   #max = 0;
   #state = State.Head;
   #carry: Buffer | null = null;
-  #parts: Buffer[] = [];
-  #size = 0;
+  readonly #bytes = new Collector();
   #need = 0;
   #skip = false;
   #command = '';
@@ -94,6 +142,16 @@ export class FrameDecoder {
   /** @param maxPayload the largest payload accepted, in bytes: one for all, or per command */
   constructor(maxPayload: number | ((command: string) => number)) {
     this.#limitOf = typeof maxPayload === 'number' ? () => maxPayload : maxPayload;
+  }
+
+  /** Bytes held for the request in progress (for the memory budget). */
+  get buffered(): number {
+    return this.#bytes.size + (this.#carry?.length ?? 0) + (this.#state === State.TrailHash || this.#state === State.TrailEnd || this.#state === State.TrailLf ? this.#payload.length : 0);
+  }
+
+  /** True while part of a request has arrived and the rest has not (a frame deadline runs). */
+  get pending(): boolean {
+    return this.#carry !== null || (this.#state !== State.Head && this.#state !== State.Closed);
   }
 
   /** Feeds a chunk; returns the requests and faults it completes, in order. */
@@ -114,25 +172,25 @@ export class FrameDecoder {
         case State.Line: {
           const lf = b.indexOf(LF, pos);
           if (lf === -1) {
-            this.#collect(b.subarray(pos));
-            if (this.#size > this.#max + 2) {
+            this.#bytes.add(b.subarray(pos), this.#max + 2);
+            if (this.#bytes.size > this.#max + 2) {
               out.push(this.#tooLarge());
               this.#reset(State.Discard);
             }
             return out;
           }
-          this.#collect(b.subarray(pos, lf));
+          this.#bytes.add(b.subarray(pos, lf), this.#max + 2);
           pos = lf + 1;
           out.push(this.#line());
           break;
         }
         case State.Body: {
           const take = Math.min(this.#need, b.length - pos);
-          if (!this.#skip) this.#collect(b.subarray(pos, pos + take));
+          if (!this.#skip) this.#bytes.add(b.subarray(pos, pos + take), this.#bytes.size + this.#need);
           this.#need -= take;
           pos += take;
           if (this.#need === 0) {
-            this.#payload = this.#joined();
+            this.#payload = this.#bytes.take();
             this.#state = State.TrailHash;
           }
           break;
@@ -173,7 +231,7 @@ export class FrameDecoder {
     const out: Decoded[] = [];
     switch (this.#state) {
       case State.Head:
-        if (this.#carry) out.push(fault('bad_frame', `incomplete request at end of stream: ${USAGE}`));
+        if (this.#carry) out.push(this.#carry[0] === HASH ? fault('bad_frame', `incomplete request at end of stream: ${USAGE}`) : this.#notAFrame(this.#carry, 0, this.#carry.length));
         break;
       case State.Line:
         out.push(this.#line());
@@ -194,12 +252,23 @@ export class FrameDecoder {
     return out;
   }
 
-  /** Parses a request head at b[pos]; returns the next position, or -1 when more bytes are needed. */
+  /** Parses a request head at b[pos]; returns the next position, or -1 when more bytes are needed or the stream closed. */
   #head(b: Buffer, pos: number, out: Decoded[]): number {
     const c = b[pos];
     if (c === LF || c === CR) return pos + 1;
     if (c !== HASH) {
-      out.push(fault('bad_frame', `a request starts with '#': ${USAGE}`));
+      const lf = b.indexOf(LF, pos);
+      const end = lf === -1 ? b.length : lf;
+      if (lf === -1 && end - pos < PROBE) {
+        this.#carry = Buffer.from(b.subarray(pos));
+        return -1;
+      }
+      const f = this.#notAFrame(b, pos, end);
+      out.push(f);
+      if (f.fatal) {
+        this.#reset(State.Closed);
+        return -1;
+      }
       this.#state = State.Discard;
       return pos;
     }
@@ -240,7 +309,7 @@ export class FrameDecoder {
       return -1;
     }
     if (!head || b[j] !== HASH || j === i + 1 || j - i > MAX_DIGITS + 1) {
-      this.#fatal(out, 'malformed length form: expected #<command>:<length>#');
+      this.#fatal(out, 'malformed length form: expected "#<command>:<length>#" (see docs/protocol.md)');
       return -1;
     }
     this.#command = head.command;
@@ -255,6 +324,14 @@ export class FrameDecoder {
     return j + 1;
   }
 
+  /** The fault for a line that does not start with '#': fatal when it looks like HTTP. */
+  #notAFrame(b: Buffer, pos: number, end: number): Fault {
+    if (HTTP_LINE.test(b.toString('latin1', pos, Math.min(end, pos + PROBE)))) {
+      return { error: new CryptError('bad_frame', HTTP_ON_TCP, { close: true }), fatal: true, http: true };
+    }
+    return fault('bad_frame', `a request starts with '#': ${USAGE}`);
+  }
+
   #tooLarge(): Fault {
     return fault('too_large', `${this.#command} payload exceeds the limit of ${this.#max} bytes`);
   }
@@ -265,24 +342,9 @@ export class FrameDecoder {
     return out;
   }
 
-  #collect(part: Buffer): void {
-    if (part.length === 0) return;
-    this.#parts.push(part);
-    this.#size += part.length;
-  }
-
-  /** The collected bytes as one buffer: a view when they came in one chunk, else one copy. */
-  #joined(): Buffer {
-    const parts = this.#parts;
-    const joined = parts.length === 1 ? parts[0]! : parts.length === 0 ? EMPTY : Buffer.concat(parts, this.#size);
-    this.#parts = [];
-    this.#size = 0;
-    return joined;
-  }
-
   /** Completes a line-form request from the collected bytes (the payload and its closing '#'). */
   #line(): Decoded {
-    const line = this.#joined();
+    const line = this.#bytes.take();
     this.#state = State.Head;
     let end = line.length;
     if (end > 0 && line[end - 1] === CR) end--;
@@ -297,21 +359,15 @@ export class FrameDecoder {
 
   #reset(state: State): void {
     this.#state = state;
-    this.#parts = [];
-    this.#size = 0;
+    this.#bytes.take();
     this.#need = 0;
     this.#skip = false;
     this.#payload = EMPTY;
   }
 }
 
-/** True when a value can be sent bare: no CR or LF, and not starting with '#'. */
-export function isBare(value: Uint8Array): boolean {
-  return value.indexOf(LF) === -1 && value.indexOf(CR) === -1 && value[0] !== HASH;
-}
-
 /** Encodes a request in the binary-safe length form. */
-export function encodeRequest(command: string, payload: Uint8Array, options?: Record<string, string | number>): Buffer {
+export function encodeRequest(command: string, payload: Uint8Array, options?: Readonly<Record<string, string | number>>): Buffer {
   let head = command;
   if (options) for (const [k, v] of Object.entries(options)) head += `,${k}=${v}`;
   const header = Buffer.from(`#${head}:${payload.length}#`, 'latin1');
@@ -319,118 +375,3 @@ export function encodeRequest(command: string, payload: Uint8Array, options?: Re
 }
 
 const TRAILER = Buffer.from('#\n', 'latin1');
-
-/** Encodes a success reply: the value bare when it is safe to, else `#ok:<n>#<bytes>#`. */
-export function encodeResult(value: string | Buffer): Array<string | Buffer> {
-  if (typeof value === 'string') return [value + '\n'];
-  if (isBare(value)) return [value, '\n'];
-  return [`#ok:${value.length}#`, value, '#\n'];
-}
-
-/** Encodes an error reply. */
-export const encodeError = (err: CryptError): string => `#er#${err.code}#${err.message}#\n`;
-
-/** A decoded reply from the server; values are views into the pushed chunks. */
-export type Reply = { ok: true; value: Buffer } | { ok: false; code: string; message: string };
-
-const OK = Buffer.from('#ok:', 'latin1');
-const ER = Buffer.from('#er#', 'latin1');
-
-/**
- * Splits the server's reply stream into replies; used by the client library. A long bare reply
- * (the token of a large message) is kept as its chunks until its line break arrives, so each
- * byte is scanned and copied once.
- */
-export class ReplyDecoder {
-  /** The start of a reply header (`#`, `#ok:<digits>`), too short to tell yet. */
-  #carry: Buffer | null = null;
-  /** The chunks of a line reply (bare value or error) whose line break has not arrived. */
-  #line: Buffer[] = [];
-  #parts: Buffer[] = [];
-  #size = 0;
-  #need = 0;
-
-  /** Feeds a chunk; returns the complete replies; throws on a reply that breaks the format. */
-  push(chunk: Buffer): Reply[] {
-    const out: Reply[] = [];
-    let b = chunk;
-    let pos = 0;
-    if (this.#need > 0) {
-      pos = Math.min(this.#need, b.length);
-      this.#parts.push(b.subarray(0, pos));
-      this.#size += pos;
-      this.#need -= pos;
-      if (this.#need > 0) return out;
-      const body = Buffer.concat(this.#parts, this.#size);
-      this.#parts = [];
-      this.#size = 0;
-      out.push(okBody(body, 0, body.length - 2));
-    } else if (this.#line.length > 0) {
-      const lf = b.indexOf(LF);
-      if (lf === -1) {
-        this.#line.push(b);
-        return out;
-      }
-      this.#line.push(b.subarray(0, lf + 1));
-      const line = Buffer.concat(this.#line);
-      this.#line = [];
-      out.push(lineReply(line, 0, line.length - 1));
-      pos = lf + 1;
-    } else if (this.#carry) {
-      b = Buffer.concat([this.#carry, b]);
-      this.#carry = null;
-    }
-    while (pos < b.length) {
-      if (b[pos] === HASH && b.length - pos < 4) break;
-      if (b[pos] === HASH && OK.equals(b.subarray(pos, pos + 4))) {
-        const sep = b.indexOf(HASH, pos + 4);
-        if (sep === -1 || sep - pos > 20) {
-          if (b.length - pos > 20) throw new Error('malformed reply from server');
-          break;
-        }
-        const digits = b.toString('latin1', pos + 4, sep);
-        if (!/^\d{1,15}$/.test(digits)) throw new Error('malformed reply from server');
-        const start = sep + 1;
-        const end = start + Number(digits);
-        if (b.length >= end + 2) {
-          out.push(okBody(b, start, end));
-          pos = end + 2;
-          continue;
-        }
-        this.#parts = [b.subarray(start)];
-        this.#size = b.length - start;
-        this.#need = end + 2 - b.length;
-        return out;
-      }
-      const lf = b.indexOf(LF, pos);
-      if (lf === -1) {
-        this.#line.push(b.subarray(pos));
-        return out;
-      }
-      out.push(lineReply(b, pos, lf));
-      pos = lf + 1;
-    }
-    if (pos < b.length) this.#carry = Buffer.from(b.subarray(pos));
-    return out;
-  }
-
-  /** True when part of a reply is still buffered. */
-  get pending(): boolean {
-    return this.#carry !== null || this.#line.length > 0 || this.#need > 0;
-  }
-}
-
-/** The reply on b[pos, lf): a bare value, or `#er#<code>#<message>#`. */
-function lineReply(b: Buffer, pos: number, lf: number): Reply {
-  if (b[pos] !== HASH) return { ok: true, value: b.subarray(pos, lf) };
-  if (!ER.equals(b.subarray(pos, pos + 4))) throw new Error('malformed reply from server');
-  const line = b.toString('utf8', pos + 4, lf);
-  const sep = line.indexOf('#');
-  if (sep === -1 || !line.endsWith('#')) throw new Error('malformed error reply from server');
-  return { ok: false, code: line.slice(0, sep), message: line.slice(sep + 1, -1) };
-}
-
-function okBody(b: Buffer, start: number, end: number): Reply {
-  if (b[end] !== HASH || b[end + 1] !== LF) throw new Error('malformed reply from server');
-  return { ok: true, value: b.subarray(start, end) };
-}

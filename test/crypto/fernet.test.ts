@@ -2,12 +2,12 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { inspect } from 'node:util';
-import { FernetKey, decrypt, tokenLength, MAX_CLOCK_SKEW } from '../src/fernet.js';
-import { CryptError } from '../src/errors.js';
+import { FernetKey, decrypt, tokenLength, MAX_CLOCK_SKEW } from '../../src/crypto/fernet.js';
+import { CryptError } from '../../src/core/errors.js';
 
 interface Vector { token: string; now: string; secret: string; src?: string; iv?: number[]; ttl_sec?: number; desc?: string }
 const load = (name: string): Vector[] =>
-  JSON.parse(readFileSync(new URL(`./fixtures/fernet-spec/${name}.json`, import.meta.url), 'utf8')) as Vector[];
+  JSON.parse(readFileSync(new URL(`../fixtures/fernet-spec/${name}.json`, import.meta.url), 'utf8')) as Vector[];
 const seconds = (iso: string): number => Date.parse(iso) / 1000;
 
 /** An independent reference decryption with fresh node:crypto objects, to check the fast path against. */
@@ -100,17 +100,19 @@ t.test('TTL and clock skew follow the reference implementations', async (t) => {
   t.ok(decrypt([key], token, { now: made + 10 ** 9 }), 'without a ttl, age does not matter');
 });
 
-t.test('base64url is strict; padding is optional', async (t) => {
+t.test('tokens are canonical base64url: the URL-safe alphabet, padded, no stray bits', async (t) => {
   const key = FernetKey.generate();
   const token = key.encrypt(Buffer.from('hello world'));
+  t.match(token, /=$/, 'tokens are written padded');
   const bare = token.replace(/=+$/, '');
-  t.equal(decrypt([key], bare).plaintext.toString(), 'hello world', 'unpadded token decrypts');
   const bad = [
+    bare,
     token.slice(0, 10) + '%' + token.slice(11),
     token.slice(0, 10) + '+' + token.slice(11),
     token.slice(0, 10) + '/' + token.slice(11),
     token.slice(0, 10) + '=' + token.slice(11),
     ' ' + token,
+    token + '\n',
     token + '=',
     bare + '===',
     token.slice(0, -5),
@@ -118,10 +120,16 @@ t.test('base64url is strict; padding is optional', async (t) => {
     '',
     'gAAAAA',
   ];
-  for (const b of bad) t.throws(() => decrypt([key], b), { code: 'invalid_token' }, `rejects ${JSON.stringify(b.slice(0, 12))}…`);
+  for (const b of bad) t.throws(() => decrypt([key], b), { code: 'invalid_token' }, `rejects ${JSON.stringify(b.slice(0, 12))}…${JSON.stringify(b.slice(-3))}`);
+  // the last character before the padding carries unused bits: they must be zero
+  const pad = token.length - bare.length;
+  const last = bare.at(-1)!;
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const stray = alphabet[alphabet.indexOf(last) | 1]!;
+  t.throws(() => decrypt([key], bare.slice(0, -1) + stray + '='.repeat(pad)), { code: 'invalid_token' }, `a non-canonical last character (${last} -> ${stray}) is refused`);
   const raw = Buffer.from(token, 'base64url');
   raw[0] = 0x81;
-  t.throws(() => decrypt([key], raw.toString('base64url')), { code: 'invalid_token' }, 'rejects another version byte');
+  t.throws(() => decrypt([key], raw.toString('base64url') + '='.repeat(pad)), { code: 'invalid_token' }, 'rejects another version byte');
   t.throws(() => decrypt([key], token.slice(0, 20) + (token[20] === 'A' ? 'B' : 'A') + token.slice(21)), CryptError, 'rejects a flipped bit');
 });
 
@@ -138,6 +146,8 @@ t.test('keys parse strictly, have a stable public id, and never print themselves
     t.throws(() => FernetKey.from(bad), { message: /^not a Fernet key/ }, 'rejects a malformed key');
     try { FernetKey.from(bad); } catch (err) { t.notMatch(String(err), bad || 'never-empty', 'the error does not echo the input'); }
   }
+  t.equal(FernetKey.fromBytes(key.exportBytes()).id, key.id, 'the raw bytes make the same key');
+  t.throws(() => FernetKey.fromBytes(new Uint8Array(31)), TypeError, 'a key is 32 bytes');
   t.notMatch(inspect(key), text, 'inspect does not show the key');
   t.notMatch(JSON.stringify({ key }), text, 'JSON does not show the key');
   t.notMatch(String(key), text, 'String() does not show the key');

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { FernetKey, decrypt } from '../src/fernet.js';
-import { python } from './helpers/python.js';
+import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
+import { python } from '../helpers/python.js';
 
 const messages = [Buffer.alloc(0), Buffer.from('hello'), Buffer.from('a#b#c\n\r\0'), randomBytes(1000), randomBytes(512 * 1024)];
 

@@ -18,7 +18,7 @@
 import { createCipheriv, createDecipheriv, createHash, hash, randomFillSync, timingSafeEqual } from 'node:crypto';
 import type { Cipher, Decipher } from 'node:crypto';
 import { inspect } from 'node:util';
-import { invalidToken } from './errors.js';
+import { invalidToken } from '../core/errors.js';
 
 const VERSION = 0x80;
 const HEADER = 25; // version (1) + timestamp (8) + IV (16)
@@ -110,10 +110,21 @@ export class FernetKey {
   /** Parses a key in Fernet's format (base64url of 32 bytes); the error never shows the key. */
   static from(text: string): FernetKey {
     const bytes = Buffer.alloc(32);
-    if (decodeBase64url(text.trim(), bytes, 0) !== 32) {
+    if (decodeBase64url(text.trim(), bytes, 0, 'optional') !== 32) {
       throw new TypeError('not a Fernet key: expected 44 characters of base64url encoding 32 bytes');
     }
     return new FernetKey(bytes);
+  }
+
+  /** A key from its 32 bytes (copied). */
+  static fromBytes(bytes: Uint8Array): FernetKey {
+    if (bytes.length !== 32) throw new TypeError('not a Fernet key: expected 32 bytes');
+    return new FernetKey(Buffer.from(bytes));
+  }
+
+  /** The key's 32 bytes, in a buffer of their own: the secret, for a worker thread; wipe it after use. */
+  exportBytes(): Uint8Array {
+    return new Uint8Array(this.#secret);
   }
 
   /** The key in Fernet's format. This is the secret: never log it. */
@@ -208,11 +219,7 @@ export class FernetKey {
 
   /** See decrypt(): a static method so that it reaches each key's private state. */
   static decrypt(keys: readonly FernetKey[], token: string | Uint8Array, options: DecryptOptions): Opened {
-    const text = typeof token === 'string' ? token : Buffer.from(token.buffer, token.byteOffset, token.length).toString('latin1');
-    const buf = workspace(HMAC_BLOCK + Math.ceil((text.length * 3) / 4) + 3);
-    const size = decodeBase64url(text, buf, HMAC_BLOCK);
-    if (size < OVERHEAD + BLOCK || (size - OVERHEAD) % BLOCK !== 0 || buf[HMAC_BLOCK] !== VERSION) throw invalidToken();
-    const timestamp = buf.readUInt32BE(HMAC_BLOCK + 1) * 0x100000000 + buf.readUInt32BE(HMAC_BLOCK + 5);
+    const { buf, size, timestamp } = decodeToken(token);
     const { ttl } = options;
     if (ttl !== undefined) {
       const now = options.now ?? nowSeconds();
@@ -222,6 +229,13 @@ export class FernetKey {
       if (key.#verify(buf, size)) return { plaintext: key.#open(buf, size), timestamp, key };
     }
     throw invalidToken();
+  }
+
+  /** See inspect(): the token's timestamp and the first key whose MAC verifies, never decrypting. */
+  static inspect(keys: readonly FernetKey[], token: string | Uint8Array): Inspected {
+    const { buf, size, timestamp } = decodeToken(token);
+    for (const key of keys) if (key.#verify(buf, size)) return { timestamp, key };
+    return { timestamp, key: null };
   }
 
   [inspect.custom](): string {
@@ -240,6 +254,22 @@ export interface Opened {
   key: FernetKey;
 }
 
+/** What inspecting a token tells: its creation time and the key that verifies it, if any. */
+export interface Inspected {
+  timestamp: number;
+  key: FernetKey | null;
+}
+
+/** Decodes a token into the scratch buffer; checks its form (base64, version, length) only. */
+function decodeToken(token: string | Uint8Array): { buf: Buffer; size: number; timestamp: number } {
+  const text = typeof token === 'string' ? token : Buffer.from(token.buffer, token.byteOffset, token.length).toString('latin1');
+  const buf = workspace(HMAC_BLOCK + Math.ceil((text.length * 3) / 4) + 3);
+  const size = decodeBase64url(text, buf, HMAC_BLOCK);
+  if (size < OVERHEAD + BLOCK || (size - OVERHEAD) % BLOCK !== 0 || buf[HMAC_BLOCK] !== VERSION) throw invalidToken();
+  const timestamp = buf.readUInt32BE(HMAC_BLOCK + 1) * 0x100000000 + buf.readUInt32BE(HMAC_BLOCK + 5);
+  return { buf, size, timestamp };
+}
+
 /** Options of a decryption: a maximum age in seconds, and the clock (for tests). */
 export interface DecryptOptions {
   ttl?: number | undefined;
@@ -247,21 +277,27 @@ export interface DecryptOptions {
 }
 
 /**
- * Decodes strict base64url (optionally padded) into out at offset; the decoded length, or -1.
- * Node's decoder skips foreign characters and stops at '=', which the length check catches;
- * it also takes '+' and '/', which are refused here.
+ * Decodes canonical base64url into out at offset; the decoded length, or -1. Canonical: the
+ * URL-safe alphabet only, padded to a multiple of 4 as Fernet and Python write it (keys may
+ * leave the padding out), and zero in the bits the last character does not use. Node's decoder
+ * skips foreign characters and stops at '=', which the length check catches (any skipped
+ * character makes the output shorter than expected); it also takes '+' and '/', refused here.
  */
-function decodeBase64url(text: string, out: Buffer, offset: number): number {
+function decodeBase64url(text: string, out: Buffer, offset: number, padding: 'required' | 'optional' = 'required'): number {
   const length = text.length;
   let end = length;
   if (end > 0 && text.charCodeAt(end - 1) === 61) end--;
   if (end > 0 && text.charCodeAt(end - 1) === 61) end--;
-  if ((end !== length && length % 4 !== 0) || end % 4 === 1) return -1;
+  if (end % 4 === 1) return -1;
+  if (end === length ? padding === 'required' && length % 4 !== 0 : length % 4 !== 0) return -1;
   const expected = (end * 3) >>> 2;
   if (out.length - offset < expected) return -1;
   if (text.indexOf('+') !== -1 || text.indexOf('/') !== -1) return -1;
+  if (end % 4 !== 0 && (ALPHABET.indexOf(text[end - 1]!) & (end % 4 === 2 ? 0x0f : 0x03)) !== 0) return -1;
   return out.write(text, offset, expected, 'base64url') === expected ? expected : -1;
 }
+
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 
 /**
  * Verifies and decrypts a token with the first key whose MAC matches (keys in order, newest
@@ -269,4 +305,12 @@ function decodeBase64url(text: string, out: Buffer, offset: number): number {
  */
 export function decrypt(keys: readonly FernetKey[], token: string | Uint8Array, options: DecryptOptions = {}): Opened {
   return FernetKey.decrypt(keys, token, options);
+}
+
+/**
+ * Tells a token's creation time and which of the keys (in order) verifies its MAC, or that none
+ * does, without decrypting it. A token that is not even well-formed is the one invalid_token.
+ */
+export function inspectToken(keys: readonly FernetKey[], token: string | Uint8Array): Inspected {
+  return FernetKey.inspect(keys, token);
 }
