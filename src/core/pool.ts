@@ -1,11 +1,13 @@
 /**
- * Worker threads for large payloads: a message or token of OFFLOAD_BYTES or more is encrypted or
- * decrypted off the event loop, so it never stalls small requests.
+ * Worker threads for large payloads: a data operation (src/core/operations.ts) on OFFLOAD_BYTES or
+ * more runs off the event loop, so it never stalls small requests. The dispatcher decides.
  *
  * Rules:
  * - Threads start on the first large job. Each gets the keys in force when it starts, and every
  *   change before any later job (messages to a thread are handled in order). A job therefore uses
  *   the keys in force when it was sent, as a synchronous call would.
+ * - Keys go to threads as raw bytes in buffers of their own, transferred: the pool keeps no copy
+ *   (no base64 string of a key lingers in memory).
  * - Payloads are copied once into a buffer of their own and transferred: a view sent as it is
  *   would clone its whole backing buffer (a socket chunk, Buffer's pool).
  * - A thread that dies fails its jobs with `internal` and is replaced by the next job.
@@ -13,9 +15,9 @@
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
-import { CryptError } from './errors.js';
-import type { ErrorCode } from './errors.js';
-import type { KeySet } from './keyring.js';
+import { CryptError, errorCode } from './errors.js';
+import type { KeySet } from '../keys/keyring.js';
+import type { Operation, Options, Payload, ResultKind, Results } from './operations.js';
 import type { JobMessage, KeysMessage, ResultMessage } from './worker.js';
 
 /** Payloads of at least this many bytes go to a worker thread. */
@@ -39,7 +41,7 @@ export class CryptoPool {
   readonly #size: number;
   readonly #script: URL;
   readonly #threads: Thread[] = [];
-  #keys: string[];
+  #keys: KeySet;
   #next = 0;
   #closed = false;
 
@@ -47,32 +49,24 @@ export class CryptoPool {
   constructor(size: number, keys: KeySet, script: URL = new URL('./worker.js', import.meta.url)) {
     this.#size = size;
     this.#script = script;
-    this.#keys = keys.exportDecrypting();
+    this.#keys = keys;
   }
 
   /** Sends a new key set to every thread (before any later job). */
   updateKeys(keys: KeySet): void {
-    this.#keys = keys.exportDecrypting();
-    const msg: KeysMessage = { type: 'keys', decrypting: this.#keys };
-    for (const t of this.#threads) t.worker.postMessage(msg);
+    this.#keys = keys;
+    for (const t of this.#threads) {
+      const secrets = keys.secrets();
+      t.worker.postMessage({ type: 'keys', secrets } satisfies KeysMessage, secrets.map((s) => s.buffer as ArrayBuffer));
+    }
   }
 
-  /** Encrypts on a thread; resolves with the token. */
-  async encrypt(plaintext: Uint8Array): Promise<string> {
-    const r = await this.#run('encrypt', plaintext);
-    return (r as { token: string }).token;
-  }
-
-  /** Decrypts on a thread. */
-  async decrypt(token: string | Uint8Array, ttl: number | undefined): Promise<{ plaintext: Buffer; timestamp: number }> {
-    const r = (await this.#run('decrypt', token, ttl)) as { plaintext: Uint8Array; timestamp: number };
-    return { plaintext: Buffer.from(r.plaintext.buffer, r.plaintext.byteOffset, r.plaintext.length), timestamp: r.timestamp };
-  }
-
-  /** Rewraps on a thread; resolves with the new token. */
-  async rewrap(token: string | Uint8Array): Promise<string> {
-    const r = await this.#run('rewrap', token);
-    return (r as { token: string }).token;
+  /** Runs a data operation on a thread. */
+  async run<K extends ResultKind>(op: Operation<K>, input: Payload, options: Options): Promise<Results[K]> {
+    const r = (await this.#run(op.command, input, options)) as Results[K];
+    const plaintext = (r as { plaintext?: Uint8Array }).plaintext;
+    if (plaintext) (r as { plaintext: Buffer }).plaintext = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.length);
+    return r;
   }
 
   /** Threads running now. */
@@ -86,8 +80,8 @@ export class CryptoPool {
     await Promise.all(this.#threads.splice(0).map((t) => t.worker.terminate()));
   }
 
-  #run(op: JobMessage['op'], input: Uint8Array | string, ttl?: number): Promise<ResultMessage> {
-    if (this.#closed) return Promise.reject(new CryptError('internal', 'shutting down'));
+  #run(command: string, input: Payload, options: Options): Promise<unknown> {
+    if (this.#closed) return Promise.reject(new CryptError('unavailable', 'the server is shutting down'));
     // bytes are copied into a buffer of their own, which is then transferred (see the rules above)
     const data = typeof input === 'string' ? input : new Uint8Array(input);
     const thread = this.#pick();
@@ -95,11 +89,11 @@ export class CryptoPool {
     return new Promise<ResultMessage>((resolve, reject) => {
       if (thread.pending.size === 0) thread.worker.ref();
       thread.pending.set(id, { resolve, reject });
-      const job: JobMessage = { type: 'job', id, op, data, ttl };
+      const job: JobMessage = { type: 'job', id, command, data, options };
       thread.worker.postMessage(job, typeof data === 'string' ? [] : [data.buffer as ArrayBuffer]);
     }).then((r) => {
-      if (!r.ok) throw new CryptError(r.code as ErrorCode, r.message);
-      return r;
+      if (!r.ok) throw new CryptError(errorCode(r.code) ?? 'internal', r.message);
+      return r.result;
     });
   }
 
@@ -108,7 +102,8 @@ export class CryptoPool {
     let best: Thread | undefined;
     for (const t of this.#threads) if (!best || t.pending.size < best.pending.size) best = t;
     if (best && (best.pending.size === 0 || this.#threads.length >= this.#size)) return best;
-    const worker = new Worker(this.#script, { workerData: { decrypting: this.#keys } });
+    const secrets = this.#keys.secrets();
+    const worker = new Worker(this.#script, { workerData: { secrets }, transferList: secrets.map((s) => s.buffer as ArrayBuffer) });
     worker.unref();
     const thread: Thread = { worker, pending: new Map() };
     worker.on('message', (r: ResultMessage) => {

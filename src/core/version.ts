@@ -1,8 +1,8 @@
-/** The package version, read from package.json (from src/ when run by tests, from dist/src/ when built). */
+/** The package version, read from package.json (from src/core/ when run by tests, from dist/src/core/ when built). */
 import { readFileSync } from 'node:fs';
 
 function find(): string {
-  for (const rel of ['../package.json', '../../package.json']) {
+  for (const rel of ['../../package.json', '../../../package.json']) {
     try {
       const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
       if (pkg.name === 'crypt' && pkg.version) return pkg.version;

@@ -1,0 +1,296 @@
+/**
+ * The dispatcher: the one place every request of every transport goes through.
+ * `dispatch(operation, caller, input, options)` authorizes, checks the size and the options,
+ * runs the operation (inline, or on the worker pool for large payloads), and reports one record
+ * to its observers: who ran what, on which key, with what outcome, in how long.
+ *
+ * Rules:
+ * - Transports decode bytes into (operation, input, options) and render what comes back; they
+ *   hold no policy. Auth, limits and observation live here and in the access policy.
+ * - A result is returned as is when the operation was synchronous: no promise on the hot path.
+ * - A record never holds data: no payload, plaintext, token, key or secret. Observers must not
+ *   throw; the dispatcher does not wait for them.
+ * - renderError turns anything thrown into a catalogue error and logs each `internal` and
+ *   `unavailable` exactly once, with its cause, at error level.
+ */
+import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import { CryptError, errorFields, toCryptError } from './errors.js';
+import { operation } from './operations.js';
+import type { Operation, Options, Payload, ResultKind, Results } from './operations.js';
+import type { CryptService } from './service.js';
+import type { Caller, Policy, Role } from './access.js';
+import { OFFLOAD_BYTES } from './pool.js';
+import type { CryptoPool } from './pool.js';
+import { MemoryBudget } from './budget.js';
+import { tokenLength } from '../crypto/fernet.js';
+import { FileError } from '../keys/files.js';
+
+/** What the dispatcher reports of each request: never data. */
+export interface DispatchRecord {
+  requestId: string;
+  transport: Caller['transport'];
+  peer: string;
+  /** `token:<id>`, `loopback` or `anonymous`. */
+  caller: string;
+  /** The operation's command: en, de... */
+  op: string;
+  /** The id of the key used, when one was. */
+  keyId: string | null;
+  /** `ok` or the error code. */
+  outcome: string;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs: number;
+}
+
+/** Receives every record. */
+export type Observer = (record: DispatchRecord) => void;
+
+/** What a dispatcher is made of. */
+export interface DispatcherOptions {
+  service: CryptService;
+  policy: Policy;
+  /** Largest plaintext accepted, in bytes. */
+  maxMessage: number;
+  pool?: CryptoPool | null;
+  log: Logger;
+  /** Runs of `limited` operations (rotations) per minute, all callers together; 0 for no limit. */
+  limitedPerMinute?: number;
+  /** The payload bytes the whole server may hold (src/core/budget.ts); unlimited when absent. */
+  budget?: MemoryBudget;
+}
+
+/** The largest payload of an operation that takes no message or token. */
+const SMALL = 1024;
+const EMPTY: Options = Object.freeze({});
+
+/** The one way into the service. */
+export class Dispatcher {
+  readonly service: CryptService;
+  readonly policy: Policy;
+  /** Largest plaintext accepted, in bytes. */
+  readonly maxMessage: number;
+  /** Largest token accepted, in characters: the token of a largest message. */
+  readonly maxToken: number;
+  readonly log: Logger;
+  /** The memory budget every transport charges what it holds to. */
+  readonly budget: MemoryBudget;
+  readonly #pool: CryptoPool | null;
+  readonly #observers: Observer[] = [];
+  readonly #logged = new WeakSet<Error>();
+  #seq = 0;
+  readonly #limitedPerMinute: number;
+  #limitedRuns: number[] = [];
+
+  constructor(options: DispatcherOptions) {
+    this.service = options.service;
+    this.policy = options.policy;
+    this.maxMessage = options.maxMessage;
+    this.maxToken = tokenLength(options.maxMessage);
+    this.#pool = options.pool ?? null;
+    this.log = options.log;
+    this.#limitedPerMinute = options.limitedPerMinute ?? 0;
+    this.budget = options.budget ?? new MemoryBudget(Number.MAX_SAFE_INTEGER);
+    if (this.log.isLevelEnabled('debug')) {
+      this.observe((r) => this.log.debug({ requestId: r.requestId, transport: r.transport, peer: r.peer, caller: r.caller, op: r.op, keyId: r.keyId, outcome: r.outcome, bytesIn: r.bytesIn, bytesOut: r.bytesOut, ms: r.durationMs }, 'request'));
+    }
+  }
+
+  /** Adds an observer of every record. */
+  observe(observer: Observer): void {
+    this.#observers.push(observer);
+  }
+
+  /** The largest payload a command may carry, for a decoder to bound what it buffers. */
+  limitOf(command: string): number {
+    const op = operation(command);
+    return op ? this.#limit(op) : SMALL;
+  }
+
+  /** Throws unless the caller may run the operation (a batch checks once before its items). */
+  authorize(op: Operation, caller: Caller): void {
+    this.policy.authorize(op, caller);
+  }
+
+  /** Authenticates a caller with a secret presented beside a request (HTTP's Authorization header). */
+  authenticate(caller: Caller, secret: Payload): Role {
+    try {
+      return this.policy.authenticate(caller, secret);
+    } catch (err) {
+      throw this.renderError(err, caller, 'au');
+    }
+  }
+
+  /** Runs one request; see the rules at the top of this file. */
+  dispatch<K extends ResultKind>(op: Operation<K>, caller: Caller, input: Payload, options: unknown, requestId?: string): Results[K] | Promise<Results[K]> {
+    const observed = this.#observers.length > 0;
+    const start = observed ? performance.now() : 0;
+    const id = requestId ?? String(++this.#seq);
+    let result: Results[K] | Promise<Results[K]>;
+    try {
+      this.policy.authorize(op, caller);
+      if (op.input === 'message' && typeof input === 'string') input = Buffer.from(input, 'utf8');
+      if (op.input === 'token') input = trimToken(input);
+      this.#checkSize(op, input, caller);
+      const checked = options === null || options === undefined ? EMPTY : this.#checkOptions(op, options);
+      if (op.limited) this.#countLimited(op);
+      if (input.length > 0 && this.budget.exhausted && (op.input === 'message' || op.input === 'token')) {
+        throw new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly');
+      }
+      if (op.data) {
+        result = this.#pool && input.length >= OFFLOAD_BYTES ? this.#offload(op, input, checked) : op.data(this.service.data, input, checked);
+      } else {
+        result = op.run!({ service: this.service, policy: this.policy, caller }, input, checked);
+      }
+    } catch (err) {
+      const e = this.renderError(err, caller, op.command);
+      if (observed) this.#report(id, op, caller, input.length, start, e.code, null);
+      throw e;
+    }
+    if (!(result instanceof Promise)) {
+      if (observed) this.#report(id, op, caller, input.length, start, 'ok', result);
+      return result;
+    }
+    const size = input.length;
+    return result.then(
+      (value) => {
+        if (this.#observers.length > 0) this.#report(id, op, caller, size, start, 'ok', value);
+        return value;
+      },
+      (err: unknown) => {
+        const e = this.renderError(err, caller, op.command);
+        if (this.#observers.length > 0) this.#report(id, op, caller, size, start, e.code, null);
+        throw e;
+      },
+    );
+  }
+
+  /** Turns anything thrown into a catalogue error; logs an `internal` or `unavailable` once, with its cause. */
+  renderError(err: unknown, caller: Caller | null, command: string | null): CryptError {
+    const e = toCryptError(err);
+    if ((e.code === 'internal' || e.code === 'unavailable') && !this.#logged.has(e)) {
+      this.#logged.add(e);
+      const cause = e.cause;
+      this.log.error({ op: command, transport: caller?.transport, peer: caller?.peer, code: e.code, reason: cause instanceof FileError ? cause.message : undefined, err: errorFields(cause ?? e) }, e.code === 'internal' ? 'internal error' : 'service unavailable');
+    }
+    return e;
+  }
+
+  /** Runs a data operation on the pool, charging its payload (the thread's copy and its result) meanwhile. */
+  #offload<K extends ResultKind>(op: Operation<K>, input: Payload, options: Options): Promise<Results[K]> {
+    const charge = input.length * 2;
+    this.budget.adjust(charge);
+    const job = this.#pool!.run(op, input, options);
+    void job.then(() => this.budget.adjust(-charge), () => this.budget.adjust(-charge));
+    return job;
+  }
+
+  #countLimited(op: Operation): void {
+    const max = this.#limitedPerMinute;
+    if (max === 0) return;
+    const now = Date.now();
+    this.#limitedRuns = this.#limitedRuns.filter((t) => now - t < 60_000);
+    if (this.#limitedRuns.length >= max) {
+      const wait = Math.ceil((this.#limitedRuns[0]! + 60_000 - now) / 1000);
+      throw new CryptError('rate_limited', `${op.command}: at most ${max} per minute (--rotate-limit); try again in ${wait} s`);
+    }
+    this.#limitedRuns.push(now);
+  }
+
+  #limit(op: Operation): number {
+    return op.input === 'message' ? this.maxMessage : op.input === 'token' ? this.maxToken : SMALL;
+  }
+
+  #checkSize(op: Operation, input: Payload, caller: Caller): void {
+    const size = input.length;
+    if (op.input === 'message') {
+      if (size > this.maxMessage) throw new CryptError('too_large', `message of ${size} bytes exceeds the limit of ${this.maxMessage} bytes (--max-frame)`);
+    } else if (op.input === 'token') {
+      if (size > this.maxToken) throw new CryptError('too_large', `token of ${size} characters exceeds the limit of ${this.maxToken} (the token of a largest message)`);
+    } else if (op.input === 'none' && size > 0) {
+      throw new CryptError('bad_request', `${op.command} takes no payload${caller.transport === 'tcp' ? `: send "#${op.command}##"` : ': send no body'}`);
+    }
+  }
+
+  #checkOptions(op: Operation, raw: unknown): Options {
+    if (typeof raw !== 'object' || raw === null) throw new CryptError('bad_request', 'options must be an object');
+    const names = Object.keys(raw);
+    if (names.length === 0) return EMPTY;
+    const out: Options = {};
+    for (const name of names) {
+      const spec = op.options.get(name);
+      if (!spec) {
+        const known = op.options.size > 0 ? `; its options: ${[...op.options.keys()].join(', ')}` : '';
+        throw new CryptError('bad_request', `${op.command} has no option ${/^[A-Za-z0-9_.-]{1,32}$/.test(name) ? name : '(unprintable)'}${known}`);
+      }
+      const value = (raw as Record<string, unknown>)[name];
+      if (value === undefined || value === null) continue;
+      if (spec.kind === 'seconds') out.ttl = seconds(name, value);
+    }
+    return out;
+  }
+
+  #report(id: string, op: Operation, caller: Caller, bytesIn: number, start: number, outcome: string, result: unknown): void {
+    const { keyId, bytesOut } = measure(op.result, result);
+    const record: DispatchRecord = {
+      requestId: id,
+      transport: caller.transport,
+      peer: caller.peer,
+      caller: caller.tokenId ? `token:${caller.tokenId}` : caller.loopback ? 'loopback' : 'anonymous',
+      op: op.command,
+      keyId,
+      outcome,
+      bytesIn,
+      bytesOut,
+      durationMs: Math.round((performance.now() - start) * 1000) / 1000,
+    };
+    for (const o of this.#observers) o(record);
+  }
+}
+
+const isSpace = (c: number): boolean => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+
+/** A token without the whitespace around it (a copy-paste, a file's line break): the one rule of every face. */
+export function trimToken(input: Payload): Payload {
+  if (typeof input === 'string') {
+    if (input.length === 0 || (!isSpace(input.charCodeAt(0)) && !isSpace(input.charCodeAt(input.length - 1)))) return input;
+    return input.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, '');
+  }
+  let start = 0;
+  let end = input.length;
+  while (start < end && isSpace(input[start]!)) start++;
+  while (end > start && isSpace(input[end - 1]!)) end--;
+  return start === 0 && end === input.length ? input : input.subarray(start, end);
+}
+
+/** A whole number of seconds, 0 or more: a number, or its decimal digits (TCP, query strings). */
+export function seconds(name: string, value: unknown): number {
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
+  if (typeof value === 'string' && /^\d{1,15}$/.test(value)) return Number(value);
+  throw new CryptError('bad_request', `${name} must be a whole number of seconds, 0 or more`);
+}
+
+function measure(kind: ResultKind, result: unknown): { keyId: string | null; bytesOut: number } {
+  if (result === null || result === undefined) return { keyId: null, bytesOut: 0 };
+  switch (kind) {
+    case 'token': {
+      const r = result as Results['token'];
+      return { keyId: r.keyId, bytesOut: r.token.length };
+    }
+    case 'plaintext': {
+      const r = result as Results['plaintext'];
+      return { keyId: r.keyId, bytesOut: r.plaintext.length };
+    }
+    case 'key': {
+      const r = result as Results['key'];
+      return { keyId: r.id, bytesOut: r.key.length };
+    }
+    case 'json': {
+      const id = (result as { id?: unknown }).id;
+      return { keyId: typeof id === 'string' ? id : null, bytesOut: 0 };
+    }
+    default:
+      return { keyId: null, bytesOut: 0 };
+  }
+}
