@@ -2,58 +2,102 @@
  * crypt-client's command line: one operation from argv for scripts, or a prompted session.
  *
  * Rules:
- * - Argv mode prints the result alone on stdout: a token or key with a line break, a plaintext
- *   exactly as its bytes (plus a line break only when stdout is a terminal).
- * - `-`, or a piped stdin with no message, sends stdin byte for byte.
- * - Exit codes: 0 success, 1 the server answered with an error, 2 usage, 3 the server could
- *   not be reached or the connection was lost. Errors are one line on stderr.
+ * - The commands are the operations table's (src/core/operations.ts), `au` aside: the access
+ *   token goes with --token-file or CRYPT_TOKEN (--token works, with a warning: argv is public).
+ * - A message is the words exactly as given, joined by single spaces: never parsed as numbers,
+ *   and `--` ends the options (`crypt-client en -- -secret`). `-`, or a piped stdin with no words,
+ *   sends stdin byte for byte; an empty stdin without `-` is a usage error, not an empty message.
+ * - Argv mode prints the result alone on stdout: a token or key with a line break, JSON on one
+ *   line, a plaintext exactly as its bytes (plus a line break only when stdout is a terminal).
+ * - Every reply is checked for its shape (src/client/client.ts): a wrong server is never an answer.
+ * - Exit codes: 0 success, 1 the server refused the request (or, in a piped session, any
+ *   operation failed), 2 usage, 3 the server could not be reached or is not a crypt-server.
  * - The prompted session writes results to stdout and prompts to stderr, the prompts only when
- *   stdin is a terminal (as a shell or Python's REPL do), so piped answers give clean output.
+ *   stdin is a terminal, where it also has line editing and history; Ctrl-C and Ctrl-D end it.
  */
 import yargs from 'yargs';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { CLIENT, ConfigError, clientConfig, readDotenv } from '../config.js';
-import type { ClientConfig } from '../config.js';
-import { CryptClient, ConnectionError, ServerError } from '../client.js';
-import type { ClientOptions } from '../client.js';
-import { VERSION } from '../version.js';
-import { EXIT, complain, flagOptions, parseOrExit, readAll } from './common.js';
+import { CLIENT, ConfigError, clientConfig, readDotenv } from '../ops/config.js';
+import type { ClientConfig } from '../ops/config.js';
+import { CryptClient, ConnectionError, ServerError } from '../client/client.js';
+import type { ClientOptions } from '../client/client.js';
+import { OPERATIONS, operation } from '../core/operations.js';
+import type { Operation } from '../core/operations.js';
+import { FileError, readSecret } from '../keys/files.js';
+import { VERSION } from '../core/version.js';
+import { EXIT, closest, complain, flagOptions, parseOrExit, readAll } from './common.js';
 import type { Io } from './common.js';
 
 const PROGRAM = 'crypt-client';
+/** The operations a client runs as commands: all but `au`, which the connection does itself. */
+const COMMANDS: readonly Operation[] = OPERATIONS.filter((o) => o.input !== 'secret');
+const ALIASES: ReadonlyMap<string, string> = new Map([['inspect', 'in']]);
+const NAMES = COMMANDS.map((o) => (o.command === 'in' ? 'in (inspect)' : o.command)).join(', ');
+
+/** The command a word names (or an alias of one), or undefined. */
+function commandOf(word: string): Operation | undefined {
+  const op = operation(ALIASES.get(word) ?? word);
+  return op && COMMANDS.includes(op) ? op : undefined;
+}
+
+/** A suggestion for a mistyped command: by command, alias or title (`encrypt` -> en). */
+function suggest(word: string): string {
+  const byTitle = COMMANDS.find((o) => o.title === word.toLowerCase() || o.title.startsWith(word.toLowerCase()));
+  const guess = byTitle?.command ?? closest(word.toLowerCase(), [...COMMANDS.map((o) => o.command), ...ALIASES.keys()]);
+  return guess ? `; did you mean ${guess}?` : '';
+}
+
+const positional = (o: Operation): string => (o.input === 'message' ? ' [MESSAGE..]' : o.input === 'token' ? ' [TOKEN..]' : '');
+/** yargs drops a bare `-` (stdin): it goes through as this word instead. */
+const STDIN = '\0-';
 
 function parser() {
-  return yargs()
+  let y = yargs()
     .scriptName(PROGRAM)
     .usage('Usage: $0 <command> [message or token]\n       $0              (a prompted session)\n\nTalks to crypt-server over TCP.')
-    .command('en [MESSAGE..]', 'encrypt a message (words are joined by spaces; - or a pipe: stdin)')
-    .command('de [TOKEN]', 'decrypt a token (- or a pipe: stdin)')
-    .command('rw [TOKEN]', 'rewrap a token under the primary key, keeping its timestamp')
-    .command('gk', 'print the primary key (admin; loopback only without access tokens)')
-    .command('ki', 'print the key ids, states and creation times as JSON')
-    .command('rk', 'rotate: make a new primary key (admin)')
+    .parserConfiguration({ 'parse-numbers': false, 'parse-positional-numbers': false });
+  for (const o of COMMANDS) {
+    y = y.command(`${o.command}${positional(o)}`, o.summary);
+    if (o.command === 'in') y = y.command(`inspect${positional(o)}`, false);
+  }
+  return y
     .options(flagOptions(CLIENT))
     .option('ttl', { type: 'string', describe: 'de: refuse tokens older than this many seconds' })
     .example('$0 en "hello"', 'print a token for hello')
     .example('$0 de gAAAAAB...', 'print the plaintext of a token')
     .example('$0 en - < file.bin > file.token', 'encrypt a file byte for byte')
+    .example('$0 en -- -starts-with-a-dash', 'words after -- are the message, whatever they look like')
+    .example('$0 inspect gAAAAAB...', "a token's age and the key that verifies it")
     .example('$0', 'a prompted session: operation, then message or token, until quit')
-    .epilogue('Exit codes: 0 ok, 1 the server refused the request, 2 usage error, 3 server unreachable.')
+    .epilogue('Exit codes: 0 ok, 1 the server refused the request, 2 usage error, 3 server unreachable or not a crypt-server.')
     .strict()
     .help()
     .alias('h', 'help')
     .version(VERSION)
+    .alias('v', 'version')
     .wrap(100);
 }
 
 /** Runs crypt-client; resolves with the exit code. */
 export async function run(argv: string[], io: Io): Promise<number> {
-  const args = await parseOrExit(parser(), argv, io, PROGRAM);
+  const dashes = argv.indexOf('--');
+  const head = (dashes === -1 ? argv : argv.slice(0, dashes)).map((a) => (a === '-' ? STDIN : a));
+  const tail = dashes === -1 ? [] : argv.slice(dashes + 1);
+  const args = await parseOrExit(parser(), head, io, PROGRAM, (message, parsed) => {
+    const word = (parsed._ as unknown[])[0];
+    if (typeof word !== 'string') return null;
+    const op = commandOf(word);
+    if (!op) return `unknown command ${/^[\w.-]{1,40}$/.test(word) ? word : '(unprintable)'}: the commands are ${NAMES}${suggest(word)}`;
+    if (/^Unknown argument/.test(message) && op.input === 'none') return `${op.command} takes no argument`;
+    if (/^Unknown argument/.test(message)) return `${message}: to ${op.title} words that start with -, put them after --: ${PROGRAM} ${op.command} -- <${op.input}>`;
+    return null;
+  });
   if (typeof args === 'number') return args;
   let config: ClientConfig;
   let ttl: number | undefined;
   let ca: Buffer | undefined;
+  let token: string | undefined;
   try {
     config = clientConfig({ flags: args, env: io.env, dotenv: readDotenv(io.cwd) });
     if (args.ttl !== undefined) {
@@ -61,63 +105,43 @@ export async function run(argv: string[], io: Io): Promise<number> {
       ttl = Number(args.ttl);
     }
     if (config.ca) ca = await readFile(config.ca).catch((err: NodeJS.ErrnoException) => {
-      throw new ConfigError(`cannot read CA file ${config.ca} (${err.code})`);
+      throw new ConfigError(`cannot read CA file ${config.ca} (--ca): ${err.code ?? 'error'}`);
     });
+    token = config.token;
+    if (config.tokenFile) {
+      const bytes = await readSecret(config.tokenFile, 'token file', 64 * 1024);
+      if (bytes === null) throw new ConfigError(`token file ${config.tokenFile} (--token-file) does not exist`);
+      token = bytes.toString('utf8').trim();
+      if (token === '') throw new ConfigError(`token file ${config.tokenFile} (--token-file) is empty`);
+    }
   } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
+    if (!(err instanceof ConfigError || err instanceof FileError)) throw err;
     complain(io, PROGRAM, err.message);
     return EXIT.usage;
   }
-  const options: ClientOptions = { host: config.host, port: config.port, tls: config.tls, ca, token: config.token, timeoutMs: config.timeout * 1000 };
-  const command = (args._ as string[])[0];
-  if (command === undefined) return session(options, io);
-  if (ttl !== undefined && command !== 'de') {
+  if (args.token !== undefined) complain(io, PROGRAM, 'warning: --token puts the secret in the process list, where other local users can read it; use CRYPT_TOKEN or --token-file');
+  const options: ClientOptions = { host: config.host, port: config.port, tls: config.tls, ca, token, timeoutMs: config.timeout * 1000 };
+  const name = (args._ as string[])[0];
+  if (name === undefined) {
+    if (tail.length > 0) {
+      complain(io, PROGRAM, `words after -- need a command first: ${PROGRAM} en -- <message>`);
+      return EXIT.usage;
+    }
+    return session(options, io, ttl);
+  }
+  const op = commandOf(name)!;
+  if (ttl !== undefined && op.command !== 'de') {
     complain(io, PROGRAM, '--ttl goes with de only');
     return EXIT.usage;
   }
-
-  let input: Buffer | null = null;
-  if (command === 'en' || command === 'de' || command === 'rw') {
-    // positionals are upper case: `token` is the --token option (the access token)
-    const words = command === 'en' ? ((args.MESSAGE as string[] | undefined) ?? []).map(String) : args.TOKEN === undefined ? [] : [String(args.TOKEN)];
-    if ((words.length === 0 && !io.stdin.isTTY) || (words.length === 1 && words[0] === '-')) {
-      input = await readAll(io.stdin);
-      if (command !== 'en') input = Buffer.from(input.toString('latin1').trim(), 'latin1');
-    } else if (words.length === 0) {
-      complain(io, PROGRAM, `${command} needs a ${command === 'en' ? 'message' : 'token'}: ${PROGRAM} ${command} <${command === 'en' ? 'message' : 'token'}>, or pipe it on stdin`);
-      return EXIT.usage;
-    } else {
-      input = Buffer.from(words.join(' '));
-    }
-  }
-  return once(options, io, async (client) => {
-    switch (command) {
-      case 'en':
-        return line(await client.encrypt(input!));
-      case 'de':
-        return client.decrypt(input!.toString('latin1'), ttl);
-      case 'rw':
-        return line(await client.rewrap(input!.toString('latin1')));
-      case 'gk':
-        return line(await client.getKey());
-      case 'ki':
-        return line(JSON.stringify(await client.keyInfo()));
-      default:
-        return line(JSON.stringify(await client.rotate()));
-    }
-  });
-}
-
-const line = (text: string): string => text + '\n';
-
-/** Connects, runs one operation, prints its result; maps failures to exit codes. */
-async function once(options: ClientOptions, io: Io, op: (client: CryptClient) => Promise<string | Buffer>): Promise<number> {
+  const words = [...((args.MESSAGE ?? args.TOKEN ?? []) as string[]).map((w) => (w === STDIN ? '-' : w)), ...tail];
+  const input = await inputOf(op, words, io);
+  if (typeof input === 'number') return input;
   let client: CryptClient | null = null;
   try {
     client = await CryptClient.connect(options);
-    const result = await op(client);
-    io.stdout.write(result);
-    if (typeof result !== 'string' && io.stdout.isTTY && result.at(-1) !== 0x0a) io.stdout.write('\n');
+    const result = await client.call(op, input, ttl === undefined ? undefined : { ttl });
+    write(io, result, true);
     return EXIT.ok;
   } catch (err) {
     return report(io, err);
@@ -126,9 +150,47 @@ async function once(options: ClientOptions, io: Io, op: (client: CryptClient) =>
   }
 }
 
+/** The payload of an argv command, or a usage exit code (the message already on stderr). */
+async function inputOf(op: Operation, words: string[], io: Io): Promise<Buffer | number> {
+  const what = op.input === 'message' ? 'message' : 'token';
+  if (op.input === 'none') {
+    if (words.length === 0) return Buffer.alloc(0);
+    complain(io, PROGRAM, `${op.command} takes no argument`);
+    return EXIT.usage;
+  }
+  if (words.length === 1 && words[0] === '-') return readAll(io.stdin);
+  if (words.length === 0) {
+    if (io.stdin.isTTY) {
+      complain(io, PROGRAM, `${op.command} needs a ${what}: ${PROGRAM} ${op.command} <${what}>, or pipe it on stdin`);
+      return EXIT.usage;
+    }
+    const piped = await readAll(io.stdin);
+    if (piped.length === 0) {
+      complain(io, PROGRAM, `${op.command} got no ${what}: stdin was empty (pass - to ${op.command} empty input on purpose)`);
+      return EXIT.usage;
+    }
+    return piped;
+  }
+  if (op.input === 'token' && words.length > 1) {
+    complain(io, PROGRAM, `${op.command} takes one token, got ${words.length} words`);
+    return EXIT.usage;
+  }
+  return Buffer.from(words.join(' '), 'utf8');
+}
+
+/** Prints a result: text with a line break, JSON on one line, bytes as they are. */
+function write(io: Io, result: string | Buffer | object, alone: boolean): void {
+  if (typeof result === 'string') io.stdout.write(result + '\n');
+  else if (Buffer.isBuffer(result)) {
+    io.stdout.write(result);
+    if ((!alone || io.stdout.isTTY) && result.at(-1) !== 0x0a) io.stdout.write('\n');
+  } else io.stdout.write(JSON.stringify(result) + '\n');
+}
+
 function report(io: Io, err: unknown): number {
   if (err instanceof ServerError) {
-    complain(io, PROGRAM, `${err.code}: ${err.message}`);
+    const hint = err.code === 'unauthorized' && !/CRYPT_TOKEN/.test(err.message) ? ' (send a token with --token-file or CRYPT_TOKEN)' : '';
+    complain(io, PROGRAM, `${err.code}: ${err.message}${hint}`);
     return EXIT.failed;
   }
   if (err instanceof ConnectionError) {
@@ -138,22 +200,19 @@ function report(io: Io, err: unknown): number {
   throw err;
 }
 
-const OPERATIONS: Record<string, { ask?: string; run(client: CryptClient, input: string): Promise<string> }> = {
-  en: { ask: 'message', run: (c, input) => c.encrypt(input) },
-  de: { ask: 'token', run: async (c, input) => (await c.decrypt(input.trim())).toString() },
-  gk: { run: (c) => c.getKey() },
-};
-
-/** The prompted session: operation, then message or token, until quit or end of input. */
-async function session(options: ClientOptions, io: Io): Promise<number> {
+/** The prompted session: operation, then message or token, until quit, Ctrl-C or end of input. */
+async function session(options: ClientOptions, io: Io, ttl: number | undefined): Promise<number> {
   let client: CryptClient;
   try {
     client = await CryptClient.connect(options);
   } catch (err) {
     return report(io, err);
   }
+  const offered = COMMANDS.filter((o) => client.role !== 'user' || o.role !== 'admin');
+  const names = [...offered.map((o) => o.command), 'help', 'quit'].join(', ');
   const terminal = Boolean(io.stdin.isTTY);
-  const rl = createInterface({ input: io.stdin, output: io.stderr, terminal });
+  const rl = createInterface({ input: io.stdin, output: io.stderr, terminal, historySize: terminal ? 100 : 0 });
+  rl.on('SIGINT', () => rl.close());
   const lines = rl[Symbol.asyncIterator]();
   const ask = async (prompt: string): Promise<string | null> => {
     if (terminal) {
@@ -163,27 +222,46 @@ async function session(options: ClientOptions, io: Io): Promise<number> {
     const next = await lines.next();
     return next.done ? null : (next.value as string);
   };
-  if (terminal) io.stderr.write(`connected to ${options.host}:${options.port}; operations: en (encrypt), de (decrypt), gk (get key), quit\n`);
+  const help = (): void => {
+    for (const o of offered) io.stderr.write(`  ${o.command.padEnd(4)} ${o.title.padEnd(13)} ${o.summary}\n`);
+    io.stderr.write('  help               this list\n  quit               end the session (Ctrl-D and Ctrl-C too)\n');
+  };
+  let failed = false;
+  const done = (): number => {
+    if (terminal) io.stderr.write('\n');
+    return failed ? EXIT.failed : EXIT.ok;
+  };
+  if (terminal) io.stderr.write(`connected to ${options.host}:${options.port}${client.role ? ` as ${client.role}` : ''}; operations: ${names}\n`);
   try {
     for (;;) {
-      const answer = await ask('operation (en, de, gk, quit)> ');
-      if (answer === null) return EXIT.ok;
-      const name = answer.trim().toLowerCase();
-      if (name === '') continue;
-      if (name === 'quit' || name === 'q' || name === 'exit') return EXIT.ok;
-      const op = OPERATIONS[name];
-      if (!op) {
-        io.stderr.write(`unknown operation ${JSON.stringify(name)}: choose en, de, gk or quit\n`);
+      const answer = await ask(`operation (${names})> `);
+      if (answer === null) return done();
+      const word = answer.trim().toLowerCase();
+      if (word === '') continue;
+      if (word === 'quit' || word === 'q' || word === 'exit') return failed ? EXIT.failed : EXIT.ok;
+      if (word === 'help' || word === '?') {
+        help();
         continue;
       }
-      const input = op.ask ? await ask(`${op.ask}> `) : '';
-      if (input === null) return EXIT.ok;
+      const op = commandOf(word);
+      if (!op || !offered.includes(op)) {
+        io.stderr.write(`unknown operation ${JSON.stringify(word.slice(0, 40))}: choose ${names}${op ? '' : suggest(word)}\n`);
+        failed = true;
+        continue;
+      }
+      let input = Buffer.alloc(0);
+      if (op.input !== 'none') {
+        const line = await ask(`${op.input}> `);
+        if (line === null) return done();
+        input = Buffer.from(line, 'utf8');
+      }
       try {
         if (client.closed) client = await CryptClient.connect(options);
-        io.stdout.write((await op.run(client, input)) + '\n');
+        write(io, await client.call(op, input, op.command === 'de' && ttl !== undefined ? { ttl } : undefined), false);
       } catch (err) {
-        if (err instanceof ServerError) io.stderr.write(`error: ${err.code}: ${err.message}\n`);
-        else return report(io, err);
+        if (!(err instanceof ServerError)) return report(io, err);
+        io.stderr.write(`error: ${err.code}: ${err.message}\n`);
+        failed = true;
       }
     }
   } finally {

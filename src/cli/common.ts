@@ -4,7 +4,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import type { Argv, Options } from 'yargs';
-import type { Setting } from '../config.js';
+import type { Setting } from '../ops/config.js';
 
 /** A command line's world: its streams, environment and working directory. */
 export interface Io {
@@ -54,12 +54,13 @@ function parse(parser: Argv, argv: string[]): Promise<{ args: Record<string, unk
 
 /**
  * Parses argv for a command line: the parsed arguments, or the exit code when yargs already
- * answered (help and version on stdout: 0; a usage error on stderr: 2).
+ * answered (help and version on stdout: 0; a usage error on stderr: 2). `explain` may replace
+ * yargs' message for an error with a better one.
  */
-export async function parseOrExit(parser: Argv, argv: string[], io: Io, program: string): Promise<Record<string, unknown> | number> {
+export async function parseOrExit(parser: Argv, argv: string[], io: Io, program: string, explain?: (message: string, args: Record<string, unknown>) => string | null): Promise<Record<string, unknown> | number> {
   const { args, output, error } = await parse(parser, argv);
   if (error) {
-    complain(io, program, `${error.message}: see ${program} --help`);
+    complain(io, program, explain?.(error.message, args) ?? `${error.message}: see ${program} --help`);
     return EXIT.usage;
   }
   if (output) {
@@ -67,4 +68,29 @@ export async function parseOrExit(parser: Argv, argv: string[], io: Io, program:
     return EXIT.ok;
   }
   return args;
+}
+
+/** The candidate closest to a word, within two edits; undefined when none is that close. */
+export function closest(word: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const c of candidates) {
+    const d = distance(word, c);
+    if (d < bestDistance) {
+      best = c;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
 }

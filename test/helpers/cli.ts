@@ -80,10 +80,15 @@ export function spawnServer(t: Test, args: string[], env: NodeJS.ProcessEnv, cwd
     });
   };
   return (async () => {
-    const tcp = await waitFor(/"msg":"listening".*"proto":"tcp|"proto":"tcp.*"msg":"listening"/);
+    // a JSON log line per listener, or at quieter log levels one line on stderr for all
+    const tcp = await waitFor(/"msg":"listening".*"proto":"tcp|"proto":"tcp.*"msg":"listening"|^crypt-server: listening: /);
+    if (tcp.startsWith('crypt-server: ')) {
+      const ports = [...tcp.matchAll(/:(\d+)(?:,|$)/g)].map((m) => Number(m[1]));
+      return { child, port: ports[0]!, httpPort: ports[1] ?? null, lines, waitFor, exited };
+    }
     const port = (JSON.parse(tcp) as { port: number }).port;
     let httpPort: number | null = null;
-    if (args.includes('--http')) httpPort = (JSON.parse(await waitFor(/"proto":"http/)) as { port: number }).port;
+    if (args.includes('--http') || args.includes('--http-port')) httpPort = (JSON.parse(await waitFor(/"proto":"http/)) as { port: number }).port;
     return { child, port, httpPort, lines, waitFor, exited };
   })();
 }

@@ -5,20 +5,21 @@ import { join } from 'node:path';
 import net from 'node:net';
 import { EventEmitter, once } from 'node:events';
 import type { Test } from 'tap';
-import { startServer } from '../../src/server.js';
-import type { RunningServer } from '../../src/server.js';
-import { serverConfig } from '../../src/config.js';
-import type { ServerConfig } from '../../src/config.js';
-import { createLogger } from '../../src/log.js';
-import { CryptClient } from '../../src/client.js';
-import type { ClientOptions } from '../../src/client.js';
-import { ReplyDecoder } from '../../src/protocol.js';
-import { buildHttp } from '../../src/http.js';
-import type { HttpOptions } from '../../src/http.js';
-import { Keyring } from '../../src/keyring.js';
-import { AccessTokens, Policy } from '../../src/access.js';
-import { CryptService } from '../../src/service.js';
-import type { Reply } from '../../src/protocol.js';
+import { startServer } from '../../src/ops/startup.js';
+import type { RunningServer } from '../../src/ops/startup.js';
+import { serverConfig } from '../../src/ops/config.js';
+import type { ServerConfig } from '../../src/ops/config.js';
+import { createLogger } from '../../src/ops/log.js';
+import { CryptClient } from '../../src/client/client.js';
+import type { ClientOptions } from '../../src/client/client.js';
+import { ReplyDecoder } from '../../src/wire/replies.js';
+import type { Reply } from '../../src/wire/replies.js';
+import { buildHttp } from '../../src/transports/http/app.js';
+import type { HttpOptions } from '../../src/transports/http/app.js';
+import { Keyring } from '../../src/keys/keyring.js';
+import { AccessTokens, AuthThrottle, Policy } from '../../src/core/access.js';
+import { CryptService } from '../../src/core/service.js';
+import { Dispatcher } from '../../src/core/dispatcher.js';
 
 /** A private temporary directory, removed when the test ends. */
 export function tempDir(t: Test): string {
@@ -42,7 +43,7 @@ export interface Started {
 }
 
 export async function start(t: Test, overrides: Partial<ServerConfig> = {}): Promise<Started> {
-  const config: ServerConfig = { ...defaults(), port: 0, keyring: join(tempDir(t), 'keyring.json'), ...overrides };
+  const config: ServerConfig = { ...defaults(), port: 0, keyring: join(tempDir(t), 'keyring.json'), init: true, keyringDefault: false, ...overrides };
   const logs: string[] = [];
   const lines = new EventEmitter();
   const sink = new Writable({
@@ -134,12 +135,8 @@ export function externalAddress(): string | undefined {
 /** Renders replies compactly for assertions: the value as text, or `!code`. */
 export const show = (replies: Reply[]): string[] => replies.map((r) => (r.ok ? r.value.toString('latin1') : `!${r.code}`));
 
-/** A Fastify app over a fresh service (no listener), for inject() tests. */
-export async function httpApp(t: Test, overrides: Partial<ServerConfig> = {}, http: Partial<HttpOptions> = {}) {
-  const config: ServerConfig = { ...defaults(), keyring: join(tempDir(t), 'keyring.json'), ...overrides };
-  const { keyring } = await Keyring.open({ file: config.keyring });
-  const tokens = config.tokensFile ? await AccessTokens.load(config.tokensFile) : null;
-  const service = new CryptService(keyring, new Policy(tokens, config.getKey), config.maxFrame);
+/** A log sink: every line written, as text. */
+export function logSink(): { sink: Writable; logs: string[] } {
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
@@ -147,10 +144,33 @@ export async function httpApp(t: Test, overrides: Partial<ServerConfig> = {}, ht
       cb();
     },
   });
-  const app = await buildHttp(service, {
-    host: '127.0.0.1', port: 0, maxConnections: config.maxConnections, idleTimeoutMs: 0, handshakeTimeoutMs: 1000,
-    rateLimit: config.rateLimit, maxBatch: config.maxBatch, ...http,
-  }, createLogger(config.logLevel, sink));
+  return { sink, logs };
+}
+
+/** A dispatcher over a fresh keyring (no listener), for unit tests of the core. */
+export async function dispatcherFor(t: Test, overrides: Partial<ServerConfig> = {}) {
+  const config: ServerConfig = { ...defaults(), keyring: join(tempDir(t), 'keyring.json'), ...overrides };
+  const { keyring } = await Keyring.open({ file: config.keyring }, { create: true });
+  const tokens = config.tokensFile ? await AccessTokens.load(config.tokensFile) : null;
+  const service = new CryptService(keyring, { maxKeys: config.maxKeys });
+  const { sink, logs } = logSink();
+  const log = createLogger(config.logLevel, sink);
+  const policy = new Policy(tokens, config.getKey, new AuthThrottle({ perConnection: 3, perPeer: config.authFailures, windowMs: 60_000 }));
+  const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, log, limitedPerMinute: config.rotateLimit });
+  t.teardown(() => {
+    keyring.close();
+    tokens?.close();
+  });
+  return { dispatcher, service, keyring, policy, logs, config };
+}
+
+/** A Fastify app over a fresh service (no listener), for inject() tests. */
+export async function httpApp(t: Test, overrides: Partial<ServerConfig> = {}, http: Partial<HttpOptions> = {}) {
+  const { dispatcher, service, keyring, logs, config } = await dispatcherFor(t, overrides);
+  const app = await buildHttp(dispatcher, {
+    host: '127.0.0.1', port: 0, maxConnections: config.maxConnections, maxPerAddress: config.maxPerAddress, idleTimeoutMs: 0, handshakeTimeoutMs: 1000,
+    rateLimit: config.rateLimit, maxBatch: config.maxBatch, allowedHosts: config.allowedHosts, ...http,
+  }, dispatcher.log);
   t.teardown(() => app.close());
-  return { app, service, keyring, logs };
+  return { app, service, keyring, logs, dispatcher };
 }

@@ -14,7 +14,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseEnv } from 'node:util';
 
-type Kind = 'string' | 'port' | 'count' | 'seconds' | 'bytes' | 'boolean' | 'level' | 'path';
+type Kind = 'string' | 'port' | 'count' | 'seconds' | 'bytes' | 'boolean' | 'level' | 'path' | 'list' | 'format';
 
 /** One setting: its flag, its environment variable, its default and what it means. */
 export interface Setting {
@@ -32,6 +32,9 @@ export interface Setting {
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 /** A pino log level name. */
 export type Level = (typeof LEVELS)[number];
+const FORMATS = ['auto', 'json', 'pretty'] as const;
+/** How logs are written: JSON lines, lines for people, or pretty on a terminal and JSON otherwise. */
+export type LogFormat = (typeof FORMATS)[number];
 
 /** The default keyring location: $XDG_DATA_HOME/crypt/keyring.json, else ~/.local/share/... */
 export function defaultKeyring(env: NodeJS.ProcessEnv = process.env): string {
@@ -43,22 +46,32 @@ export function defaultKeyring(env: NodeJS.ProcessEnv = process.env): string {
 export const SERVER: readonly Setting[] = [
   { key: 'host', flag: 'host', env: 'CRYPT_HOST', kind: 'string', default: '127.0.0.1', describe: 'address to listen on (TCP and HTTP)' },
   { key: 'port', flag: 'port', env: 'CRYPT_PORT', kind: 'port', default: 8000, describe: 'TCP port (0: any free port)' },
-  { key: 'http', flag: 'http', env: 'CRYPT_HTTP', kind: 'boolean', default: false, describe: 'also serve HTTP' },
-  { key: 'httpPort', flag: 'http-port', env: 'CRYPT_HTTP_PORT', kind: 'port', default: 8080, describe: 'HTTP port (0: any free port)' },
-  { key: 'keyring', flag: 'keyring', env: 'CRYPT_KEYRING', kind: 'path', default: '~/.local/share/crypt/keyring.json', describe: 'keyring file, created on first start ($XDG_DATA_HOME is honoured)' },
+  { key: 'http', flag: 'http', env: 'CRYPT_HTTP', kind: 'boolean', default: false, describe: 'also serve HTTP (implied by --http-port)' },
+  { key: 'httpPort', flag: 'http-port', env: 'CRYPT_HTTP_PORT', kind: 'port', default: 8080, describe: 'HTTP port (0: any free port); setting it turns HTTP on' },
+  { key: 'keyring', flag: 'keyring', env: 'CRYPT_KEYRING', kind: 'path', default: '~/.local/share/crypt/keyring.json', describe: 'keyring file ($XDG_DATA_HOME is honoured)' },
+  { key: 'init', flag: 'init', env: 'CRYPT_INIT', kind: 'boolean', default: false, describe: 'create the keyring if it does not exist (the default path is created on the first start without it)' },
   { key: 'fernetKeys', flag: null, env: 'FERNET_KEYS', kind: 'string', default: null, describe: 'comma-separated Fernet keys, newest first: used instead of a keyring file', secret: true },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', default: 'info', describe: `log level: ${LEVELS.join(', ')}` },
+  { key: 'logFormat', flag: 'log-format', env: 'CRYPT_LOG_FORMAT', kind: 'format', default: 'auto', describe: 'log format: json, pretty, or auto (pretty on a terminal, else json)' },
   { key: 'maxFrame', flag: 'max-frame', env: 'CRYPT_MAX_FRAME', kind: 'bytes', default: 1048576, describe: 'largest message in bytes (tokens of such messages are accepted too)' },
   { key: 'maxBatch', flag: 'max-batch', env: 'CRYPT_MAX_BATCH', kind: 'count', default: 1000, min: 1, describe: 'most items in one HTTP batch' },
+  { key: 'maxKeys', flag: 'max-keys', env: 'CRYPT_MAX_KEYS', kind: 'count', default: 64, min: 2, describe: 'most keys that decrypt (primary and active); a rotation past it is refused until old keys are retired' },
+  { key: 'memoryBudget', flag: 'memory-budget', env: 'CRYPT_MEMORY_BUDGET', kind: 'bytes', default: 268435456, min: 1048576, describe: 'payload bytes buffered and in flight across all connections; past it, reading pauses and new work gets busy' },
   { key: 'tokensFile', flag: 'tokens-file', env: 'CRYPT_TOKENS_FILE', kind: 'path', default: null, describe: 'access tokens file, one "<role> <secret>" per line' },
   { key: 'insecure', flag: 'insecure', env: 'CRYPT_INSECURE', kind: 'boolean', default: false, describe: 'allow a non-loopback address without access tokens' },
   { key: 'getKey', flag: 'get-key', env: 'CRYPT_GET_KEY', kind: 'boolean', default: true, describe: 'answer gk and GET /key (--no-get-key refuses them to everyone)' },
+  { key: 'allowedHosts', flag: 'allowed-hosts', env: 'CRYPT_ALLOWED_HOSTS', kind: 'list', default: null, describe: 'HTTP Host names served besides loopback and the listening address, comma-separated (* for any)' },
   { key: 'tlsCert', flag: 'tls-cert', env: 'CRYPT_TLS_CERT', kind: 'path', default: null, describe: 'TLS certificate (PEM): serve TCP and HTTP over TLS' },
-  { key: 'tlsKey', flag: 'tls-key', env: 'CRYPT_TLS_KEY', kind: 'path', default: null, describe: 'TLS private key (PEM)' },
+  { key: 'tlsKey', flag: 'tls-key', env: 'CRYPT_TLS_KEY', kind: 'path', default: null, describe: 'TLS private key (PEM), readable by the owner only' },
   { key: 'maxConnections', flag: 'max-connections', env: 'CRYPT_MAX_CONNECTIONS', kind: 'count', default: 10000, min: 1, describe: 'most open connections per listener; the excess gets busy' },
-  { key: 'idleTimeout', flag: 'idle-timeout', env: 'CRYPT_IDLE_TIMEOUT', kind: 'seconds', default: 300, describe: 'close connections silent this long, in seconds (0: never)' },
+  { key: 'maxPerAddress', flag: 'max-per-address', env: 'CRYPT_MAX_PER_ADDRESS', kind: 'count', default: 1000, min: 1, describe: 'most open connections per listener from one address; the excess gets busy' },
+  { key: 'idleTimeout', flag: 'idle-timeout', env: 'CRYPT_IDLE_TIMEOUT', kind: 'seconds', default: 300, describe: 'close connections without a complete request for this long, in seconds (0: never)' },
+  { key: 'frameTimeout', flag: 'frame-timeout', env: 'CRYPT_FRAME_TIMEOUT', kind: 'seconds', default: 30, describe: 'close TCP connections whose request has not arrived whole in this many seconds (0: never)' },
+  { key: 'authTimeout', flag: 'auth-timeout', env: 'CRYPT_AUTH_TIMEOUT', kind: 'seconds', default: 10, describe: 'with access tokens, close TCP connections not authenticated this many seconds after connecting (0: never)' },
   { key: 'handshakeTimeout', flag: 'handshake-timeout', env: 'CRYPT_HANDSHAKE_TIMEOUT', kind: 'seconds', default: 10, min: 1, describe: 'TLS handshake time limit, in seconds' },
-  { key: 'rateLimit', flag: 'rate-limit', env: 'CRYPT_RATE_LIMIT', kind: 'count', default: 1000, describe: 'HTTP requests per second per client (0: no limit)' },
+  { key: 'rateLimit', flag: 'rate-limit', env: 'CRYPT_RATE_LIMIT', kind: 'count', default: 1000, describe: 'HTTP requests per second per address (0: no limit)' },
+  { key: 'authFailures', flag: 'max-auth-failures', env: 'CRYPT_MAX_AUTH_FAILURES', kind: 'count', default: 30, describe: 'failed authentications per address per minute, TCP and HTTP together, before its attempts are refused (0: no limit)' },
+  { key: 'rotateLimit', flag: 'rotate-limit', env: 'CRYPT_ROTATE_LIMIT', kind: 'count', default: 10, describe: 'rotations per minute through rk and POST /keys/rotate (0: no limit)' },
   { key: 'workers', flag: 'workers', env: 'CRYPT_WORKERS', kind: 'count', default: 1, min: 1, describe: 'server processes sharing the ports' },
 ];
 
@@ -66,7 +79,8 @@ export const SERVER: readonly Setting[] = [
 export const CLIENT: readonly Setting[] = [
   { key: 'host', flag: 'host', env: 'CRYPT_HOST', kind: 'string', default: '127.0.0.1', describe: 'server address' },
   { key: 'port', flag: 'port', env: 'CRYPT_PORT', kind: 'port', default: 8000, describe: 'server TCP port' },
-  { key: 'token', flag: 'token', env: 'CRYPT_TOKEN', kind: 'string', default: null, describe: 'access token, sent before any request', secret: true },
+  { key: 'token', flag: 'token', env: 'CRYPT_TOKEN', kind: 'string', default: null, describe: 'access token, sent before any request (prefer CRYPT_TOKEN or --token-file: other users can read argv)', secret: true },
+  { key: 'tokenFile', flag: 'token-file', env: 'CRYPT_TOKEN_FILE', kind: 'path', default: null, describe: 'file holding the access token (owner-only)' },
   { key: 'tls', flag: 'tls', env: 'CRYPT_TLS', kind: 'boolean', default: false, describe: 'connect with TLS' },
   { key: 'ca', flag: 'ca', env: 'CRYPT_CA', kind: 'path', default: null, describe: 'CA certificate (PEM) to trust, for --tls' },
   { key: 'timeout', flag: 'timeout', env: 'CRYPT_TIMEOUT', kind: 'seconds', default: 10, min: 1, describe: 'connect and reply time limit, in seconds' },
@@ -126,6 +140,14 @@ function convert(s: Setting, raw: unknown, from: string, env: NodeJS.ProcessEnv)
     case 'level':
       if (!(LEVELS as readonly string[]).includes(text)) return fail(`expected one of ${LEVELS.join(', ')}`);
       return text;
+    case 'format':
+      if (!(FORMATS as readonly string[]).includes(text)) return fail(`expected one of ${FORMATS.join(', ')}`);
+      return text;
+    case 'list': {
+      const items = text.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean);
+      if (items.length === 0 || items.some((x) => x !== '*' && !/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)$/.test(x))) return fail('expected host names or addresses, comma-separated, or *');
+      return items;
+    }
     case 'path':
       if (text === '') return fail('expected a file path');
       return text === '~' || text.startsWith('~/') ? join(env.HOME || homedir(), text.slice(1)) : text;
@@ -161,19 +183,31 @@ export interface ServerConfig {
   http: boolean;
   httpPort: number;
   keyring: string;
+  /** The keyring path is the default one (not given by a flag, the environment or .env). */
+  keyringDefault: boolean;
+  init: boolean;
   fernetKeys: string | undefined;
   logLevel: Level;
+  logFormat: LogFormat;
   maxFrame: number;
   maxBatch: number;
+  maxKeys: number;
+  memoryBudget: number;
   tokensFile: string | undefined;
   insecure: boolean;
   getKey: boolean;
+  allowedHosts: string[];
   tlsCert: string | undefined;
   tlsKey: string | undefined;
   maxConnections: number;
+  maxPerAddress: number;
   idleTimeout: number;
+  frameTimeout: number;
+  authTimeout: number;
   handshakeTimeout: number;
   rateLimit: number;
+  authFailures: number;
+  rotateLimit: number;
   workers: number;
 }
 
@@ -182,22 +216,42 @@ export interface ClientConfig {
   host: string;
   port: number;
   token: string | undefined;
+  tokenFile: string | undefined;
   tls: boolean;
   ca: string | undefined;
   timeout: number;
+}
+
+/** True when a setting was given by a flag, the environment or .env (not left to its default). */
+export function given(table: readonly Setting[], key: string, sources: Sources): boolean {
+  const s = table.find((x) => x.key === key);
+  if (!s) return false;
+  const env = sources.env ?? process.env;
+  return (s.flag !== null && sources.flags[s.flag] !== undefined) || env[s.env] !== undefined || (sources.dotenv ?? {})[s.env] !== undefined;
 }
 
 /** Resolves and cross-checks the server configuration. */
 export function serverConfig(sources: Sources): ServerConfig {
   const config = resolve<ServerConfig>(SERVER, sources);
   if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
-    throw new ConfigError('TLS needs both --tls-cert and --tls-key');
+    throw new ConfigError(config.tlsCert === undefined ? '--tls-key needs --tls-cert too' : '--tls-cert needs --tls-key too');
   }
+  if (config.memoryBudget < 4 * config.maxFrame) {
+    throw new ConfigError(`--memory-budget (${config.memoryBudget}) must be at least 4 times --max-frame (${config.maxFrame}): a request in flight is held about three times over`);
+  }
+  config.allowedHosts ??= [];
+  config.keyringDefault = !given(SERVER, 'keyring', sources);
+  // --http-port alone means: serve HTTP there
+  if (given(SERVER, 'httpPort', sources) && !given(SERVER, 'http', sources)) config.http = true;
   return config;
 }
 
 /** Resolves the client configuration. */
-export const clientConfig = (sources: Sources): ClientConfig => resolve<ClientConfig>(CLIENT, sources);
+export function clientConfig(sources: Sources): ClientConfig {
+  const config = resolve<ClientConfig>(CLIENT, sources);
+  if (config.token !== undefined && config.tokenFile !== undefined) throw new ConfigError('give the access token one way: --token (CRYPT_TOKEN) or --token-file (CRYPT_TOKEN_FILE)');
+  return config;
+}
 
 /** The text of `.env.example`: every variable of both tables with its default. */
 export function envExample(): string {

@@ -1,8 +1,8 @@
 import t from 'tap';
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLIENT, SERVER, ConfigError, clientConfig, defaultKeyring, envExample, readDotenv, resolve, serverConfig } from '../src/config.js';
-import type { ServerConfig } from '../src/config.js';
+import { CLIENT, SERVER, ConfigError, clientConfig, defaultKeyring, envExample, readDotenv, resolve, serverConfig } from '../../src/ops/config.js';
+import type { ServerConfig } from '../../src/ops/config.js';
 
 t.test('precedence: flags > environment > .env > defaults', async (t) => {
   const cfg = (flags: Record<string, unknown>, env: Record<string, string>, dotenv: Record<string, string>) =>
@@ -26,7 +26,10 @@ t.test('values are validated the same way from every source, and named', async (
     [{ 'log-level': 'loud' }, {}, /^--log-level: expected one of fatal, error/],
     [{}, { CRYPT_HTTP: 'maybe' }, /^CRYPT_HTTP: expected true or false, got "maybe"$/],
     [{ keyring: '' }, {}, /^--keyring: expected a file path/],
-    [{ 'tls-cert': 'c.pem' }, {}, /^TLS needs both --tls-cert and --tls-key$/],
+    [{ 'tls-cert': 'c.pem' }, {}, /^--tls-cert needs --tls-key too$/],
+    [{ 'log-format': 'xml' }, {}, /^--log-format: expected one of auto, json, pretty/],
+    [{ 'allowed-hosts': 'a b' }, {}, /^--allowed-hosts: expected host names or addresses, comma-separated, or \*/],
+    [{ 'memory-budget': '1000' }, {}, /^--memory-budget: expected a whole number from 1048576 /],
     [{}, { FERNET_KEYS: '' }, /^FERNET_KEYS: expected a value$/],
   ];
   for (const [flags, env, message] of bad) t.throws(() => serverConfig({ flags, env, dotenv: {} }), { name: 'ConfigError', message }, `rejects ${JSON.stringify({ ...flags, ...env })}`);
@@ -34,6 +37,19 @@ t.test('values are validated the same way from every source, and named', async (
   t.throws(() => clientConfig({ flags: {}, env: { CRYPT_TOKEN: ' ' }, dotenv: {} }), { message: 'CRYPT_TOKEN: expected a value' }, 'a secret is never shown');
   const ok = serverConfig({ flags: { http: true, 'rate-limit': '0' }, env: { CRYPT_INSECURE: 'YES', CRYPT_GET_KEY: 'off', CRYPT_IDLE_TIMEOUT: '0' }, dotenv: {} });
   t.match(ok, { http: true, insecure: true, getKey: false, rateLimit: 0, idleTimeout: 0 }, 'booleans and zero where allowed');
+});
+
+t.test('derived settings: --http-port turns HTTP on; lists; whether the keyring path is the default', async (t) => {
+  const cfg = (flags: Record<string, unknown>, env: Record<string, string> = {}) => serverConfig({ flags, env, dotenv: {} });
+  t.equal(cfg({}).http, false, 'no HTTP by default');
+  t.equal(cfg({ 'http-port': '9000' }).http, true, '--http-port alone turns HTTP on');
+  t.equal(cfg({}, { CRYPT_HTTP_PORT: '9000' }).http, true, 'CRYPT_HTTP_PORT too');
+  t.equal(cfg({ 'http-port': '9000', http: false }).http, false, 'unless HTTP is turned off explicitly');
+  t.same(cfg({ 'allowed-hosts': 'Crypt.Internal, 10.0.0.5 ,[::1]' }).allowedHosts, ['crypt.internal', '10.0.0.5', '[::1]'], 'a list, trimmed and lower-cased');
+  t.same(cfg({}).allowedHosts, [], 'empty by default');
+  t.equal(cfg({}).keyringDefault, true, 'the default keyring path');
+  t.equal(cfg({ keyring: '/k.json' }).keyringDefault, false, 'a given one');
+  t.throws(() => clientConfig({ flags: { 'token-file': 'f' }, env: { CRYPT_TOKEN: 'x' }, dotenv: {} }), { message: /give the access token one way/ }, 'a token two ways');
 });
 
 t.test('paths: ~ expands; the default keyring follows XDG', async (t) => {
@@ -55,7 +71,7 @@ t.test('.env is read from a directory without touching process.env', async (t) =
 });
 
 t.test('.env.example lists every variable with its default, and is up to date', async (t) => {
-  const file = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
+  const file = readFileSync(new URL('../../.env.example', import.meta.url), 'utf8');
   t.equal(file, envExample(), '.env.example is what envExample() generates (run: npm run env-example)');
   for (const s of [...SERVER, ...CLIENT]) t.match(file, new RegExp(`^#? ?${s.env}=`, 'm'), `${s.env} is listed`);
   const asDotenv = serverConfig({ flags: {}, env: {}, dotenv: readDotenvText(file) });
@@ -64,7 +80,7 @@ t.test('.env.example lists every variable with its default, and is up to date', 
 });
 
 t.test('the README configuration table covers every variable', async (t) => {
-  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
   for (const s of [...SERVER, ...CLIENT]) t.match(readme, `\`${s.env}\``, `README mentions ${s.env}`);
 });
 

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { checkExposure, isLoopbackHost } from '../src/server.js';
+import { checkExposure, isLoopbackHost } from '../../src/ops/startup.js';
 
 t.test('isLoopbackHost', async (t) => {
   for (const host of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]']) t.ok(isLoopbackHost(host), `${host} is loopback`);
