@@ -1,12 +1,13 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { start, raw, show, tempDir } from './helpers/server.js';
-import { CLIENT_BIN, SERVER_BIN, cleanEnv, runCli } from './helpers/cli.js';
-import { python } from './helpers/python.js';
-import { Keyring, KeySet } from '../src/keyring.js';
-import { FernetKey, decrypt } from '../src/fernet.js';
+import { start, raw, show, tempDir } from '../helpers/server.js';
+import { CLIENT_BIN, SERVER_BIN, cleanEnv, runCli } from '../helpers/cli.js';
+import { python } from '../helpers/python.js';
+import { Keyring, KeySet } from '../../src/keys/keyring.js';
+import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
 import { promises as fs } from 'node:fs';
 
 /** Resolves once the keyring's keys satisfy a condition (now, or after a change event). */
@@ -106,7 +107,7 @@ t.test('keys CLI: list, rotate and retire while a server runs; the server follow
   t.equal((await client.decrypt(oldToken)).toString(), 'under the first key', 'on the same connection, old tokens decrypt');
   const listed = await keys('list', '--json');
   t.same(JSON.parse(listed.stdout.toString()), await client.keyInfo(), 'keys list --json prints what ki answers');
-  t.match((await keys('list')).stdout.toString(), new RegExp(`^${newId}  primary  \\S+\\n${first}  active   \\S+\\n$`), 'keys list prints a table');
+  t.match((await keys('list')).stdout.toString(), new RegExp(`^ID {12}STATE {4}CREATED\\n${newId}  primary  \\S+\\n${first}  active   \\S+\\n$`), 'keys list prints a table');
 
   const primary = await keys('retire', newId!);
   t.equal(primary.code, 1, 'retiring the primary: exit 1');
@@ -122,16 +123,13 @@ t.test('keys CLI: list, rotate and retire while a server runs; the server follow
   t.equal((await client.decrypt(oldToken)).toString(), 'under the first key', 'and its tokens decrypt again');
 });
 
-t.test('two servers on one keyring: a rotation through one is served by the other within 2 s', async (t) => {
+t.test('two servers on one keyring: a rotation through one is served by the other', async (t) => {
   const a = await start(t);
   const b = await start(t, { keyring: a.config.keyring });
   const onB = await b.connect();
   const token = await onB.encrypt('shared');
-  const rotatedAt = Date.now();
   const rotated = await (await a.connect()).rotate();
   await b.waitForLog(new RegExp(`"reason":"reload","primary":"${rotated.id}"`));
-  const elapsed = Date.now() - rotatedAt;
-  t.ok(elapsed < 2000, `B serves the new key ${elapsed} ms after the rotation through A`);
   const fromB = await onB.encrypt('after');
   t.equal(decrypt([a.server.keyring.current.primary], fromB).plaintext.toString(), 'after', 'B encrypts with the new primary, on a connection opened before');
   t.equal((await onB.decrypt(token)).toString(), 'shared', 'and still decrypts the older token');
@@ -159,7 +157,7 @@ function rotation(keyring: string, env: NodeJS.ProcessEnv, killAfterMs?: number)
 
 t.test('concurrent rotations from two processes never lose a key', async (t) => {
   const keyring = join(tempDir(t), 'keyring.json');
-  await Keyring.open({ file: keyring });
+  await Keyring.open({ file: keyring }, { create: true });
   const env = cleanEnv(tempDir(t));
   for (let round = 0; round < 5; round++) {
     const results = await Promise.all([rotation(keyring, env), rotation(keyring, env)]);
@@ -170,26 +168,34 @@ t.test('concurrent rotations from two processes never lose a key', async (t) => 
   t.equal(set.info().filter((k) => k.state === 'primary').length, 1, 'exactly one primary');
 });
 
-t.test('rotations killed with SIGKILL at random moments leave a keyring that loads, and lose no key', async (t) => {
+t.test('rotations killed with SIGKILL inside the lock, before and after the rename, leave a keyring that loads, and lose no key', async (t) => {
   const dir = tempDir(t);
   const keyring = join(dir, 'keyring.json');
-  await Keyring.open({ file: keyring });
-  const env = cleanEnv(tempDir(t));
+  await Keyring.open({ file: keyring }, { create: true });
+  const script = fileURLToPath(new URL('../fixtures/rotate-and-die.mjs', import.meta.url));
+  const moments = ['none', 'after-lock', 'before-rename', 'after-rename'];
   const tokens: Array<[string, string]> = [];
   let killed = 0;
+  let planned = 0;
   for (let i = 0; i < 12; i++) {
-    // three at once, each killed somewhere in its life: startup, locking, writing, or not at all
-    const runs = await Promise.all([0, 1, 2].map(() => rotation(keyring, env, Math.random() < 0.85 ? Math.floor(Math.random() * 160) : undefined)));
-    killed += runs.filter((r) => r.signal === 'SIGKILL').length;
-    const { keyring: loaded } = await Keyring.open({ file: keyring }, { create: false });
+    // three at once, each dying at its own moment
+    const plan = [0, 1, 2].map((j) => moments[(i + j) % moments.length]!);
+    planned += plan.filter((m) => m !== 'none').length;
+    const runs = await Promise.all(plan.map((where) => {
+      const child = spawn(process.execPath, [script, keyring, where], { stdio: 'ignore' });
+      return once(child, 'exit').then(([, signal]) => signal as string | null);
+    }));
+    killed += runs.filter((s) => s === 'SIGKILL').length;
+    const { keyring: loaded } = await Keyring.open({ file: keyring });
     const message = `after round ${i}`;
     tokens.push([loaded.current.primary.encrypt(Buffer.from(message)), message]);
   }
-  t.ok(killed >= 12, `${killed} of 36 rotations were killed`);
-  const { keyring: final } = await Keyring.open({ file: keyring }, { create: false });
+  t.equal(killed, planned, `${killed} rotations died where they were meant to`);
+  const { keyring: final } = await Keyring.open({ file: keyring });
   t.ok(final.current.info().length >= 1, `the keyring loads (${final.current.info().length} keys)`);
   const failures = tokens.filter(([tok, msg]) => decrypt(final.current.decrypting, tok).plaintext.toString() !== msg);
   t.same(failures, [], 'every token made along the way still decrypts');
+  const env = cleanEnv(tempDir(t));
   const after = await rotation(keyring, env);
   t.equal(after.code, 0, 'a rotation after all that succeeds (no stale lock blocks it)');
   const names = await fs.readdir(dir);
@@ -211,11 +217,12 @@ t.test('TCP TTL and crypt-client --ttl', async (t) => {
   s.socket.destroy();
 });
 
-t.test('a rotation that cannot write the keyring says why, to the admin and in the log', async (t) => {
+t.test('a rotation that cannot write the keyring: unavailable for the admin, the reason in the log', async (t) => {
   const { connect, config, waitForLog } = await start(t);
   const client = await connect();
   await fs.rm(config.keyring);
-  await t.rejects(client.rotate(), { code: 'internal', message: /^rotation failed: keyring .*keyring\.json has disappeared; refusing to write a new one$/ }, 'the reply gives the reason');
-  t.ok(await waitForLog(/"reason":"rotation failed: keyring .* has disappeared; refusing to write a new one","msg":"internal error"/), 'and so does the log');
-  t.ok(await client.encrypt('still serving'), 'the keys in force still serve');
+  await t.rejects(client.rotate(), { code: 'unavailable', message: 'rotation failed: the keyring could not be updated; the server log says why' }, 'the reply names no file');
+  const line = await waitForLog(/"msg":"service unavailable"/);
+  t.match(line, /"reason":"keyring .*keyring\.json has disappeared; refusing to write a new one"/, 'the log does');
+  t.equal((await client.decrypt(await client.encrypt('still serving'))).toString(), 'still serving', 'the keys in force still serve');
 });

@@ -1,0 +1,61 @@
+import t from 'tap';
+import net from 'node:net';
+import { once } from 'node:events';
+import { start } from '../helpers/server.js';
+import { encodeRequest } from '../../src/wire/frames.js';
+import { ReplyDecoder } from '../../src/wire/replies.js';
+
+const MiB = 1024 * 1024;
+
+t.test('TCP: connections pipelining large frames without reading stay within the memory budget', async (t) => {
+  const budget = 8 * MiB;
+  const { port, server } = await start(t, { memoryBudget: budget, maxFrame: MiB, frameTimeout: 0 });
+  const frame = encodeRequest('en', Buffer.alloc(MiB - 100, 0x61));
+  const perConnection = 6;
+  const sockets = await Promise.all(Array.from({ length: 12 }, async () => {
+    const s = net.connect(port, '127.0.0.1');
+    await once(s, 'connect');
+    s.pause();
+    s.on('error', () => undefined);
+    for (let i = 0; i < perConnection; i++) s.write(frame);
+    return s;
+  }));
+  // everyone writes 6 MiB and reads nothing: the server must stop reading, not buffer 72 MiB
+  const seen = await Promise.all(sockets.map(async (s) => {
+    const decoder = new ReplyDecoder();
+    const codes: string[] = [];
+    s.on('data', (c: Buffer) => {
+      for (const r of decoder.push(c)) codes.push(r.ok ? 'ok' : r.code);
+      if (codes.length === perConnection) s.end();
+    });
+    s.resume();
+    await new Promise((resolve) => s.once('close', resolve));
+    return codes;
+  }));
+  const served = seen.flat().filter((c) => c === 'ok').length;
+  t.ok(served > 0, `${served} requests were served`);
+  t.ok(seen.every((codes) => codes.length === perConnection ? codes.every((c) => c === 'ok' || c === 'busy') : codes.at(-1) === 'busy'), 'every connection got all its answers, or answers up to a busy before it was closed');
+  t.ok(seen.some((codes) => codes.includes('busy')), 'some were told the server is busy');
+  const peak = server.dispatcher.budget.peak;
+  t.ok(peak <= budget + 12 * 2 * MiB, `peak charged ${(peak / MiB).toFixed(1)} MiB: the budget, plus at most one frame in progress per connection`);
+  await server.close();
+  t.equal(server.dispatcher.budget.used, 0, 'and all of it is given back once the connections are gone');
+});
+
+t.test('HTTP: concurrent large bodies past the budget get 503 busy; the rest are served', async (t) => {
+  const budget = 8 * MiB;
+  const { server } = await start(t, { memoryBudget: budget, maxFrame: MiB, http: true, httpPort: 0, rateLimit: 0 });
+  const base = `http://127.0.0.1:${server.http!.address.port}`;
+  const body = JSON.stringify({ batch: [{ plaintext: 'a'.repeat(MiB - 100) }] });
+  const statuses = await Promise.all(Array.from({ length: 40 }, () => fetch(`${base}/encrypt`, { method: 'POST', body, headers: { 'content-type': 'application/json' } }).then((r) => r.status, () => 0)));
+  t.ok(statuses.filter((s) => s === 200).length >= 1, `${statuses.filter((s) => s === 200).length} served`);
+  t.ok(statuses.filter((s) => s === 503).length >= 1, `${statuses.filter((s) => s === 503).length} refused with 503 busy`);
+  t.ok(statuses.every((s) => s === 200 || s === 503), 'nothing else');
+  t.ok(server.dispatcher.budget.peak <= budget + 3 * 2 * MiB, `peak charged ${(server.dispatcher.budget.peak / MiB).toFixed(1)} MiB`);
+  t.equal(server.dispatcher.budget.used, 0, 'all given back');
+});
+
+t.test('the budget must leave room for requests in flight', async (t) => {
+  const { serverConfig } = await import('../../src/ops/config.js');
+  t.throws(() => serverConfig({ flags: { 'memory-budget': String(2 * MiB), 'max-frame': String(MiB) }, env: {}, dotenv: {} }), { message: /--memory-budget \(2097152\) must be at least 4 times --max-frame/ }, 'a budget under 4 frames is refused');
+});
