@@ -1,9 +1,12 @@
 /**
  * `npm run bench`: every figure of the performance issue, each beside its baseline as a ratio.
  *
- *   npm run bench                  the full run (about 6 minutes on 2 cores)
+ *   npm run bench                  the full run (about 15 minutes on 2 cores)
  *   npm run bench -- --quick       shorter measurements, for a first look
- *   npm run bench -- --only tcp    one suite: fernet, tcp, http, memory
+ *   npm run bench -- --only tcp    some suites: fernet, tcp, http, memory, attacks
+ *   npm run bench -- --compare <dist/server/index.js of another build>
+ *                                  adds that build as "crypt (compared)" beside crypt in the TCP and
+ *                                  HTTP suites (run with the flags both builds know)
  *
  * Results go to bench/results/latest.json (and a dated copy). Servers run as separate processes;
  * the load generators run in this one. Each server figure is the median of its rounds.
@@ -16,7 +19,8 @@ import { runLoad } from './load.js';
 import type { LoadOptions, LoadResult } from './load.js';
 import { runHttp } from './http.js';
 import type { HttpResult } from './http.js';
-import { idleConnections, largeInFlight } from './memory.js';
+import { httpBatchFlood, idleConnections, largeInFlight, pipelineFlood, slowSegments } from './memory.js';
+import type { AttackResult } from './memory.js';
 import { PATHS, startCrypt, startProcess } from './servers.js';
 import type { Running } from './servers.js';
 import { format, machine, median, table } from './stats.js';
@@ -26,6 +30,10 @@ const quick = args.includes('--quick');
 const onlyAt = args.indexOf('--only');
 const only = onlyAt === -1 ? null : new Set((args[onlyAt + 1] ?? '').split(','));
 const want = (suite: string) => !only || only.has(suite);
+const compareAt = args.indexOf('--compare');
+const compare = compareAt === -1 ? null : args[compareAt + 1] ?? null;
+/** Flags an older build knows too, for --compare. */
+const LEGACY = ['--port', '0', '--log-level', 'info', '--max-connections', '20000', '--rate-limit', '0'];
 const seconds = quick ? 2 : 5;
 const rounds = quick ? 1 : 3;
 const log = (line: string) => process.stdout.write(line + '\n');
@@ -35,6 +43,7 @@ type Server = () => Promise<Running>;
 const SERVERS: Record<string, Server> = {
   crypt: () => startCrypt(),
   'crypt --workers 2': () => startCrypt(['--workers', '2']),
+  'crypt (compared)': () => startProcess('crypt (compared)', process.execPath, [compare!, ...LEGACY]),
   'plain Node baseline': () => startProcess('plain Node baseline', process.execPath, [PATHS.baseline]),
   'Node, no crypto': () => startProcess('Node, no crypto', process.execPath, [PATHS.baseline, '--no-crypto']),
   'asyncio, drain each (idiomatic)': () => startProcess('asyncio', PY, [PATHS.python('asyncio_server.py'), '--drain-each']),
@@ -69,8 +78,8 @@ interface Scenario {
 }
 
 const SCENARIOS: Scenario[] = [
-  { name: 'sequential (8 connections, 1 in flight each)', options: { connections: 8, depth: 1 }, servers: ['crypt', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
-  { name: 'pipelined (8 connections, 16 in flight each)', options: { connections: 8, depth: 16 }, servers: ['crypt', 'crypt --workers 2', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
+  { name: 'sequential (8 connections, 1 in flight each)', options: { connections: 8, depth: 1 }, servers: ['crypt', ...(compare ? ['crypt (compared)'] : []), 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
+  { name: 'pipelined (8 connections, 16 in flight each)', options: { connections: 8, depth: 16 }, servers: ['crypt', ...(compare ? ['crypt (compared)'] : []), 'crypt --workers 2', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
   { name: 'connection per request (8 clients)', options: { connections: 8, depth: 1, perRequest: true }, servers: ['crypt', 'plain Node baseline', 'old tool design'] },
   { name: 'sequential, 16 connections (latency)', options: { connections: 16, depth: 1 }, servers: ['crypt'] },
 ];
@@ -83,6 +92,7 @@ interface Results {
   tcp?: Record<string, Record<string, LoadResult>>;
   http?: Record<string, HttpResult>;
   memory?: { crypt: { before: number; idle: number; perConnectionKiB: number }; baseline: { before: number; idle: number; perConnectionKiB: number }; largeInFlight: { rps: number; p50: number; p99: number; peakMiB: number; errors: number } };
+  attacks?: { budgetMiB: number; pipelineFlood: AttackResult; httpBatchFlood: AttackResult; slowSegments: AttackResult };
   targets?: Array<{ target: string; measured: string; met: boolean }>;
 }
 
@@ -119,7 +129,13 @@ async function main(): Promise<void> {
   if (want('http')) {
     log('HTTP (autocannon, 8 connections, encrypt then decrypt, every reply checked)');
     const http: Record<string, HttpResult> = {};
-    for (const [name, start] of [['crypt', () => startCrypt(['--http', '--http-port', '0'])], ['plain node:http baseline', () => startProcess('http baseline', process.execPath, [PATHS.baseline, '--http'])]] as const) {
+    const httpServers: Array<[string, () => Promise<Running>]> = [
+      ['crypt', () => startCrypt(['--http', '--http-port', '0'])],
+      ...(compare ? [['crypt (compared)', () => startProcess('crypt (compared)', process.execPath, [compare, ...LEGACY, '--http', '--http-port', '0'], { http: true })] as [string, () => Promise<Running>]] : []),
+      ['bare Fastify, same Fernet', () => startProcess('fastify baseline', process.execPath, [PATHS.baseline, '--fastify'])],
+      ['plain node:http baseline', () => startProcess('http baseline', process.execPath, [PATHS.baseline, '--http'])],
+    ];
+    for (const [name, start] of httpServers) {
       const runs: HttpResult[] = [];
       for (let i = 0; i < rounds; i++) {
         const server = await start();
@@ -132,7 +148,7 @@ async function main(): Promise<void> {
       http[name] = { rps: median(runs.map((r) => r.rps)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), errors: runs.reduce((a, r) => a + r.errors, 0) };
     }
     results.http = http;
-    log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors'], Object.entries(http).map(([n, r]) => [n, r.rps, r.p50, r.p99, r.errors])) + '\n');
+    log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'crypt ÷ this'], Object.entries(http).map(([n, r]) => [n, r.rps, r.p50, r.p99, r.errors, n === 'crypt' ? '' : `${(http.crypt!.rps / r.rps).toFixed(2)}x`])) + '\n');
   }
 
   if (want('memory')) {
@@ -149,6 +165,22 @@ async function main(): Promise<void> {
     results.memory = { crypt: ours, baseline: theirs, largeInFlight: inFlight };
     log(table(['', 'RSS before MiB', 'RSS with 10,000 idle MiB', 'KiB per connection'], [['crypt', ours.before, ours.idle, ours.perConnectionKiB], ['plain Node baseline', theirs.before, theirs.idle, theirs.perConnectionKiB]]));
     log(`1 MiB request always in flight: 100-byte requests at ${format(inFlight.rps)} req/s, p50 ${format(inFlight.p50)} ms, p99 ${format(inFlight.p99)} ms; peak RSS ${format(inFlight.peakMiB)} MiB; errors ${inFlight.errors}\n`);
+  }
+
+  if (want('attacks')) {
+    log('Attacks on memory (default settings: --memory-budget 256 MiB), peak RSS of the server process');
+    const budgetMiB = 256;
+    const flood = await startCrypt(['--max-connections', '10000']);
+    const pipeline = await pipelineFlood(flood);
+    await flood.stop();
+    const web = await startCrypt(['--http', '--http-port', '0']);
+    const batches = await httpBatchFlood(web);
+    await web.stop();
+    const slow = await startCrypt();
+    const segments = await slowSegments(slow, 8, quick ? 5 : 20);
+    await slow.stop();
+    results.attacks = { budgetMiB, pipelineFlood: pipeline, httpBatchFlood: batches, slowSegments: segments };
+    log(table(['attack', 'RSS before MiB', 'peak RSS MiB', 'what happened'], [['TCP pipelined 1 MiB frames, never read', pipeline.beforeMiB, pipeline.peakMiB, pipeline.detail], ['HTTP batches of one 1 MiB item', batches.beforeMiB, batches.peakMiB, batches.detail], ['one byte per TCP segment', segments.beforeMiB, segments.peakMiB, segments.detail]]) + '\n');
   }
 
   results.targets = targets(results);
@@ -173,7 +205,9 @@ function targets(r: Results): Array<{ target: string; measured: string; met: boo
   const tcp = (scenario: string, server: string) => r.tcp?.[SCENARIOS.find((s) => s.name.startsWith(scenario))!.name]?.[server];
   const seq = 'sequential (8';
   const pipe = 'pipelined';
-  ratioTarget('TCP pipelined >= 1.3x plain Node', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'plain Node baseline')?.rps, 1.3);
+  ratioTarget('TCP pipelined >= 2x plain Node', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'plain Node baseline')?.rps, 2);
+  ratioTarget('HTTP >= 0.95x a bare Fastify route with the same Fernet', r.http?.crypt?.rps, r.http?.['bare Fastify, same Fernet']?.rps, 0.95);
+  if (compare) ratioTarget('TCP pipelined: the dispatcher costs nothing visible (>= 0.95x the compared build)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'crypt (compared)')?.rps, 0.95);
   ratioTarget('TCP pipelined >= 8x asyncio (idiomatic)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'asyncio, drain each (idiomatic)')?.rps, 8);
   ratioTarget('TCP pipelined >= 8x asyncio (tuned)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'asyncio, tuned')?.rps, 8);
   ratioTarget('TCP sequential >= 1.0x plain Node', tcp(seq, 'crypt')?.rps, tcp(seq, 'plain Node baseline')?.rps, 1.0);
@@ -187,6 +221,12 @@ function targets(r: Results): Array<{ target: string; measured: string; met: boo
     const mb = (r.memory.crypt.idle * 1048576) / 1e6;
     out.push({ target: '10,000 idle connections < 150 MB RSS', measured: `${format(mb)} MB (${format(r.memory.crypt.idle)} MiB)`, met: mb < 150 });
     out.push({ target: 'p99 < 20 ms beside a 1 MiB request', measured: `${format(r.memory.largeInFlight.p99)} ms`, met: r.memory.largeInFlight.p99 < 20 });
+  }
+  if (r.attacks) {
+    const bound = r.attacks.budgetMiB + 128;
+    for (const [name, a] of [['TCP pipelined 1 MiB frames', r.attacks.pipelineFlood], ['HTTP 1 MiB batches', r.attacks.httpBatchFlood], ['one-byte segments', r.attacks.slowSegments]] as const) {
+      out.push({ target: `${name}: peak RSS < budget + 128 MiB (${bound} MiB)`, measured: `${format(a.peakMiB)} MiB`, met: a.peakMiB < bound });
+    }
   }
   const lat = tcp('sequential, 16', 'crypt');
   if (lat) out.push({ target: 'p99 < 5 ms at 16 sequential connections', measured: `${format(lat.p99)} ms`, met: lat.p99 < 5 });

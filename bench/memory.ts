@@ -39,3 +39,91 @@ export async function largeInFlight(server: Running, seconds: number): Promise<{
   clearInterval(sample);
   return { rps: r.rps, p50: r.p50, p99: r.p99, peakMiB: peak, errors: r.errors };
 }
+
+/** Samples a process's RSS every 50 ms until stopped; resolves with the peak, in MiB. */
+function peakSampler(pid: number): { stop(): number } {
+  let peak = rssMiB(pid);
+  const timer = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 50);
+  return {
+    stop() {
+      clearInterval(timer);
+      return Math.max(peak, rssMiB(pid));
+    },
+  };
+}
+
+/** An attack's effect on the server: RSS before and at its peak, in MiB, and what clients saw. */
+export interface AttackResult {
+  beforeMiB: number;
+  peakMiB: number;
+  detail: string;
+}
+
+/**
+ * Connections that pipeline 1 MiB frames and never read a reply (the memory-exhaustion attack of
+ * the hardening issue: 400 such connections took RSS to 2 GiB before the memory budget).
+ */
+export async function pipelineFlood(server: Running, connections = 400, framesEach = 4, seconds = 8): Promise<AttackResult> {
+  const beforeMiB = rssMiB(server.child.pid!);
+  const sampler = peakSampler(server.child.pid!);
+  const frame = Buffer.concat([Buffer.from(`#en:${1024 * 1024 - 64}#`), Buffer.alloc(1024 * 1024 - 64, 0x61), Buffer.from('#\n')]);
+  const sockets: net.Socket[] = [];
+  for (let i = 0; i < connections; i += 50) {
+    const batch = Array.from({ length: Math.min(50, connections - i) }, () => net.connect(server.port, '127.0.0.1'));
+    for (const s of batch) s.on('error', () => undefined);
+    await Promise.all(batch.map((s) => once(s, 'connect')));
+    for (const s of batch) {
+      s.pause();
+      for (let f = 0; f < framesEach; f++) s.write(frame);
+    }
+    sockets.push(...batch);
+  }
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const peakMiB = sampler.stop();
+  for (const s of sockets) s.destroy();
+  return { beforeMiB, peakMiB, detail: `${connections} connections x ${framesEach} frames of 1 MiB, never reading, for ${seconds} s` };
+}
+
+/** Concurrent HTTP batches, each with one 1 MiB item (500 of them took RSS to 1.9 GiB before the budget). */
+export async function httpBatchFlood(server: Running, requests = 500): Promise<AttackResult> {
+  const beforeMiB = rssMiB(server.child.pid!);
+  const sampler = peakSampler(server.child.pid!);
+  const body = JSON.stringify({ batch: [{ plaintext: 'a'.repeat(1024 * 1024 - 64) }] });
+  const statuses = await Promise.all(Array.from({ length: requests }, () =>
+    fetch(`http://127.0.0.1:${server.httpPort}/encrypt`, { method: 'POST', body, headers: { 'content-type': 'application/json' } }).then(async (r) => {
+      await r.arrayBuffer();
+      return r.status;
+    }, () => 0),
+  ));
+  const peakMiB = sampler.stop();
+  const count = (s: number) => statuses.filter((x) => x === s).length;
+  return { beforeMiB, peakMiB, detail: `${requests} concurrent requests: ${count(200)} served, ${count(503)} busy, ${requests - count(200) - count(503)} other` };
+}
+
+/** Connections that send a frame one byte per segment (the decoder used to keep every chunk). */
+export async function slowSegments(server: Running, connections = 8, seconds = 20): Promise<AttackResult> {
+  const beforeMiB = rssMiB(server.child.pid!);
+  const sampler = peakSampler(server.child.pid!);
+  const sockets = await Promise.all(Array.from({ length: connections }, async () => {
+    const s = net.connect({ port: server.port, host: '127.0.0.1', noDelay: true });
+    s.on('error', () => undefined);
+    await once(s, 'connect');
+    s.write(`#en:${1024 * 1024 - 64}#`);
+    return s;
+  }));
+  const one = Buffer.from('a');
+  let sent = 0;
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    for (const s of sockets) {
+      if (!s.writableNeedDrain) {
+        s.write(one);
+        sent++;
+      }
+    }
+    await new Promise((r) => setImmediate(r));
+  }
+  const peakMiB = sampler.stop();
+  for (const s of sockets) s.destroy();
+  return { beforeMiB, peakMiB, detail: `${connections} connections sent ${sent} one-byte segments in ${seconds} s` };
+}

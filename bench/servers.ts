@@ -27,7 +27,7 @@ export interface Running {
 /** Starts a process and resolves with the port(s) it reports: a bare number line, or crypt's listening logs. */
 export function startProcess(name: string, command: string, args: string[], options: { http?: boolean } = {}): Promise<Running> {
   const dir = mkdtempSync(join(tmpdir(), 'crypt-bench-'));
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, HOME: dir, CRYPT_KEYRING: join(dir, 'keyring.json'), LOG_LEVEL: 'warn' } });
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, HOME: dir, CRYPT_KEYRING: join(dir, 'keyring.json'), CRYPT_INIT: 'true', LOG_LEVEL: 'warn' } });
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
@@ -56,9 +56,12 @@ export function startProcess(name: string, command: string, args: string[], opti
   });
 }
 
-/** crypt-server with extra flags, on free ports; its logs at warn so they cost nothing. */
-export const startCrypt = (flags: string[] = []) =>
-  startProcess('crypt', process.execPath, [PATHS.crypt, '--port', '0', '--log-level', 'info', '--max-connections', '20000', '--rate-limit', '0', ...flags], { http: flags.includes('--http') });
+/**
+ * crypt-server with extra flags, on free ports. One load generator is one address: the per-address
+ * limits are raised so that they don't cap the measurements (the attack scenarios set their own).
+ */
+export const startCrypt = (flags: string[] = [], entry = PATHS.crypt) =>
+  startProcess('crypt', process.execPath, [entry, '--port', '0', '--log-level', 'info', '--max-connections', '20000', '--max-per-address', '20000', '--rate-limit', '0', '--max-auth-failures', '0', ...flags], { http: flags.includes('--http') });
 
 /** The resident memory of a process (and its children, for --workers), in MiB. */
 export function rssMiB(pid: number): number {

@@ -91,8 +91,11 @@ export function parseHead(head: string): { command: string; options: Record<stri
   return { command, options };
 }
 
-/** Collects the bytes of one frame: a view while they came in one chunk, else one growing copy. */
-class Collector {
+/**
+ * Collects the bytes of one frame (or body): a view while they came in one chunk, else one copy
+ * that grows with what arrived, never past `cap` unless a part overshoots it.
+ */
+export class Collector {
   #view: Buffer | null = null;
   #buf: Buffer | null = null;
   size = 0;

@@ -94,7 +94,8 @@ export interface Raw {
   socket: net.Socket;
   send(data: string | Buffer): void;
   replies(n: number): Promise<Reply[]>;
-  closed: Promise<void>;
+  /** Resolves when the socket closes; byServer tells whether the server ended the stream first. */
+  closed: Promise<{ byServer: boolean }>;
 }
 
 export async function raw(port: number, host = '127.0.0.1'): Promise<Raw> {
@@ -103,12 +104,14 @@ export async function raw(port: number, host = '127.0.0.1'): Promise<Raw> {
   const decoder = new ReplyDecoder();
   const got: Reply[] = [];
   let waiter: (() => void) | null = null;
+  let ended = false;
   socket.on('data', (chunk: Buffer) => {
     for (const r of decoder.push(chunk)) got.push(r.ok ? { ok: true, value: Buffer.from(r.value) } : r);
     waiter?.();
   });
-  const closed = new Promise<void>((resolve) => socket.on('close', () => {
-    resolve();
+  socket.on('end', () => (ended = true));
+  const closed = new Promise<{ byServer: boolean }>((resolve) => socket.on('close', () => {
+    resolve({ byServer: ended });
     waiter?.();
   }));
   socket.on('error', () => undefined);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { checkExposure, isLoopbackHost } from '../../src/ops/startup.js';
+import { checkExposure, isLoopbackHost, openFileLimit } from '../../src/ops/startup.js';
 
 t.test('isLoopbackHost', async (t) => {
   for (const host of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]']) t.ok(isLoopbackHost(host), `${host} is loopback`);
@@ -11,4 +11,20 @@ t.test('protected mode: who may listen where', async (t) => {
   t.equal(checkExposure({ host: '0.0.0.0', tokensFile: '/etc/crypt/tokens', insecure: false }), null, 'anywhere with tokens: fine');
   t.throws(() => checkExposure({ host: '0.0.0.0', tokensFile: undefined, insecure: false }), { name: 'StartupError', message: /^refusing to listen on 0\.0\.0\.0 without access tokens/ }, 'non-loopback without tokens: refused');
   t.match(checkExposure({ host: '0.0.0.0', tokensFile: undefined, insecure: true }), /^INSECURE: /, '--insecure: allowed, with a warning to log');
+});
+
+t.test('the open-file limit is read from /proc/self/limits', async (t) => {
+  const limits = (soft: string) => `Limit                     Soft Limit           Hard Limit           Units\nMax open files            ${soft}                 1048576              files\n`;
+  t.equal(openFileLimit(() => limits('1024')), 1024, 'a number');
+  t.equal(openFileLimit(() => limits('unlimited')), null, 'unlimited: no cap');
+  t.equal(openFileLimit(() => { throw new Error('no /proc'); }), null, 'unreadable: no cap');
+  t.ok((openFileLimit() ?? 1) > 0, 'and this machine has one');
+});
+
+t.test('max-connections is lowered to leave room under the open-file limit', { skip: openFileLimit() === null ? 'no open-file limit here' : false }, async (t) => {
+  const { start } = await import('../helpers/server.js');
+  const limit = openFileLimit()!;
+  const { logs } = await start(t, { maxConnections: limit, http: true, httpPort: 0 });
+  const line = logs.find((l) => l.includes('max-connections lowered'));
+  t.match(line, new RegExp(`"configured":${limit},"limit":${Math.floor((limit - 64) / 2)}`), 'two listeners share what the limit leaves, minus a reserve');
 });

@@ -2,8 +2,12 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { once } from 'node:events';
-import type { InjectOptions } from 'fastify';
+import type { FastifyRequest, InjectOptions } from 'fastify';
+import { collectBody } from '../../src/transports/http/limits.js';
 import { httpApp, start, tempDir } from '../helpers/server.js';
+import { PassThrough } from 'node:stream';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { decrypt } from '../../src/crypto/fernet.js';
@@ -303,4 +307,30 @@ t.test('--allowed-hosts adds names; * allows any', async (t) => {
   t.equal((await app.inject({ method: 'GET', url: '/keys', headers: { host: 'other.internal' } })).statusCode, 403, 'others still refused');
   const any = await httpApp(t, { allowedHosts: ['*'] });
   t.equal((await any.app.inject({ method: 'GET', url: '/keys', headers: { host: 'whatever.example' } })).statusCode, 200, '* allows any');
+});
+
+t.test('a body arriving one byte per chunk costs its bytes, not an object per chunk', async (t) => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const n = 200_000;
+  const payload = new PassThrough();
+  const req = { headers: { 'content-length': String(n) } } as unknown as FastifyRequest;
+  const done = new Promise<Buffer>((resolve, reject) => collectBody(req, payload, 1 << 20, (err, body) => (err ? reject(err) : resolve(body!))));
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  // a flowing stream: each write is one 'data' event, as one-byte TCP segments are
+  for (let i = 0; i < n - 1; i++) payload.write(Buffer.alloc(1, 0x61));
+  gc();
+  const grown = process.memoryUsage().heapUsed - before;
+  t.ok(grown < 8 * 1024 * 1024, `199,999 one-byte chunks held in ${(grown / 1048576).toFixed(1)} MiB of heap (one Buffer each would be 30 MiB or more)`);
+  payload.end(Buffer.alloc(1, 0x61));
+  t.ok((await done).equals(Buffer.alloc(n, 0x61)), 'and the body comes out whole');
+  const short = new PassThrough();
+  const mismatch = new Promise<Error | null>((resolve) => collectBody(req, short, 1 << 20, (err) => resolve(err)));
+  short.end('abc');
+  t.match(await mismatch, { code: 'bad_request', message: 'the Content-Length does not match the body' }, 'a body shorter than its Content-Length is refused');
+  const long = new PassThrough();
+  const over = new Promise<Error | null>((resolve) => collectBody({ headers: {} } as unknown as FastifyRequest, long, 10, (err) => resolve(err)));
+  long.write('a'.repeat(11));
+  t.match(await over, { code: 'too_large' }, 'a body over the limit is refused as it arrives');
 });

@@ -28,8 +28,7 @@ t.test('line form: # inside a message round-trips; CR LF works; last line withou
   t.same(show(await s.replies(1)), ['a#b#c'], '#en#a#b#c# round-trips to a#b#c');
   s.socket.end(`#de#${tok}#`);
   t.same(show(await s.replies(1)), ['a#b#c'], 'a last request ended by end of stream is answered');
-  await s.closed;
-  t.pass('then the server closes');
+  t.ok((await s.closed).byServer, 'then the server closes: the server ended the connection');
 });
 
 t.test('binary-safe length form and #ok framing of unsafe results', async (t) => {
@@ -143,8 +142,7 @@ t.test('a broken length form is answered, then the connection closes', async (t)
   s.send('#en:3#abcd#\n#en#never#\n');
   const replies = await s.replies(2);
   t.same(show(replies), ['!bad_frame'], 'one error, nothing after it');
-  await s.closed;
-  t.pass('closed');
+  t.ok((await s.closed).byServer, 'closed: the server ended the connection');
 });
 
 t.test('error replies never echo the payload', async (t) => {
@@ -257,8 +255,7 @@ t.test('a web page or an HTTP client on the TCP port is closed at once, nothing 
   const replies = await s.replies(1);
   t.same(show(replies), ['!bad_frame'], 'one error');
   t.match(replies[0]!.ok ? '' : replies[0]!.message, /this is crypt's TCP port.*HTTP is served on --http-port/, 'saying where HTTP is');
-  await s.closed;
-  t.pass('and the connection is closed');
+  t.ok((await s.closed).byServer, 'and the connection is closed: the server ended the connection');
   t.equal(server.keyring.current.primary.id, before, 'the #rk## in the body never ran');
   const second = await raw(port);
   second.send('GET / HTTP/1.1\r\n\r\n');
@@ -285,8 +282,7 @@ t.test('deadlines: a frame must arrive whole in time; only complete requests kee
   const slow = await raw(port);
   slow.send('#en#never fini');
   t.same(show(await slow.replies(1)), ['!timeout'], 'an unfinished frame gets timeout');
-  await slow.closed;
-  t.pass('and is closed');
+  t.ok((await slow.closed).byServer, 'and is closed: the server ended the connection');
   const trickle = await raw(port);
   const drip = setInterval(() => trickle.send('\n'), 100);
   t.teardown(() => clearInterval(drip));

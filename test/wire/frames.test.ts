@@ -35,15 +35,8 @@ function check(t: Test, name: string, input: string | Buffer, expected: Item[], 
   const buf = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
   t.same(decode(buf, [], max), expected, `${name}: whole`);
   t.same(decode(buf, Array.from({ length: Math.max(0, buf.length - 1) }, (_, i) => i + 1), max), expected, `${name}: byte by byte`);
-  for (let i = 0; i < 50; i++) {
-    const cuts = randomCuts(buf.length);
-    const got = decode(buf, cuts, max);
-    if (JSON.stringify(got) !== JSON.stringify(expected)) {
-      t.same(got, expected, `${name}: split at ${cuts.join(',')}`);
-      return;
-    }
-  }
-  t.pass(`${name}: 50 random splits agree`);
+  const disagreeing = Array.from({ length: 50 }, () => randomCuts(buf.length)).filter((cuts) => JSON.stringify(decode(buf, cuts, max)) !== JSON.stringify(expected));
+  t.same(disagreeing, [], `${name}: 50 random splits agree`);
 }
 
 t.test('line form', async (t) => {

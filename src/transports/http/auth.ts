@@ -7,6 +7,7 @@
  *   own, `Sec-Fetch-Site: cross-site`): 403 before anything runs. Programs, which send neither Origin nor Sec-Fetch-Site, are not
  *   affected. Allowed hosts: loopback names and addresses, the listener's own address, and
  *   `--allowed-hosts` (`*` allows any).
+ * - A request with a body is admitted under the memory budget (src/transports/http/limits.ts).
  * - `Authorization: Bearer <token>` authenticates the request through the dispatcher (the same
  *   failure budget as TCP's `au`); the token is taken as the exact bytes sent.
  */
@@ -17,6 +18,7 @@ import { CryptError } from '../../core/errors.js';
 import { newCaller } from '../../core/access.js';
 import type { Caller } from '../../core/access.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
+import { admit } from './limits.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -64,10 +66,12 @@ export const authPlugin = fp<{ dispatcher: Dispatcher; hosts: HostRules }>(async
   const allowedHost = hostChecker(hosts);
   app.decorateRequest('caller', null as unknown as Caller);
   // a callback hook, not an async one: no promise per request on the hot path
-  const hook: onRequestHookHandler = (req, _reply, done) => {
+  const hook: onRequestHookHandler = (req, reply, done) => {
     req.caller = newCaller('http', req.socket.remoteAddress);
     const refusal = browserRefusal(req, allowedHost);
     if (refusal) return done(new CryptError('forbidden', refusal));
+    const busy = admit(dispatcher, req, reply);
+    if (busy) return done(busy);
     const auth = req.headers.authorization;
     if (auth !== undefined) {
       const m = /^Bearer +(\S+) *$/i.exec(auth);

@@ -7,15 +7,20 @@
  * - The rate limit counts requests per peer address, before authentication runs: varying the
  *   Authorization header buys nothing, and wrong-token guesses are counted like any request.
  * - Raw bodies are bounded by the token of a largest message; JSON bodies by about 4/3 of it plus
- *   64 KiB (base64 and batch overhead).
+ *   64 KiB (base64 and batch overhead). Bodies are collected into one buffer that grows with what
+ *   arrives (src/wire/frames.ts' Collector), so a body sent one byte per segment costs its bytes,
+ *   not a Buffer object per segment as Fastify's own collection would.
  * - Each request with a body charges the memory budget three times its length (the body, what it
- *   parses into, and the result) until its response is sent; past the budget, a request gets
- *   503 `busy` before its body is read.
+ *   parses into, and the result) until its response is done; past the budget, a request gets
+ *   503 `busy` before its body is read. (admit(), called by the one per-request hook in auth.ts:
+ *   each hook Fastify runs is a measurable part of a small request's cost.)
  */
 import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { Collector } from '../../wire/frames.js';
 import { CryptError } from '../../core/errors.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
 import { AddressCounter } from '../listen.js';
@@ -48,7 +53,7 @@ export const limitsPlugin = fp<{ dispatcher: Dispatcher; limits: HttpLimits }>(a
     const peer = socket.remoteAddress ?? '';
     const full = open >= limits.maxConnections;
     if (full || !perAddress.add(peer)) {
-      app.log.warn({ peer, limit: full ? limits.maxConnections : limits.maxPerAddress }, full ? 'http connection refused: too many connections' : 'http connection refused: too many connections from this address');
+      dispatcher.log.warn({ peer, limit: full ? limits.maxConnections : limits.maxPerAddress }, full ? 'http connection refused: too many connections' : 'http connection refused: too many connections from this address');
       socket.on('error', () => undefined);
       if (limits.tls) socket.destroy();
       else socket.end(busyResponse(full ? 'too many connections, try again later' : 'too many connections from this address, try again later'), () => socket.destroy());
@@ -61,35 +66,6 @@ export const limitsPlugin = fp<{ dispatcher: Dispatcher; limits: HttpLimits }>(a
     });
   });
 
-  const budget = dispatcher.budget;
-  const charged = new WeakMap<object, number>();
-  const giveBack = (req: object): void => {
-    const n = charged.get(req);
-    if (n === undefined) return;
-    charged.delete(req);
-    budget.adjust(-n);
-  };
-  app.addHook('onRequest', (req, reply, done) => {
-    const declared = Number(req.headers['content-length'] ?? (req.headers['transfer-encoding'] ? jsonLimitOf(dispatcher) : 0));
-    if (!(declared > 0)) return done();
-    if (budget.exhausted) {
-      reply.header('connection', 'close');
-      return done(new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly'));
-    }
-    const n = Math.min(declared, jsonLimitOf(dispatcher)) * 3;
-    charged.set(req, n);
-    budget.adjust(n);
-    done();
-  });
-  app.addHook('onResponse', (req, _reply, done) => {
-    giveBack(req);
-    done();
-  });
-  app.addHook('onRequestAbort', (req, done) => {
-    giveBack(req);
-    done();
-  });
-
   if (limits.rateLimit > 0) {
     await app.register(rateLimit, {
       max: limits.rateLimit,
@@ -100,6 +76,52 @@ export const limitsPlugin = fp<{ dispatcher: Dispatcher; limits: HttpLimits }>(a
     });
   }
 
-  app.removeContentTypeParser('text/plain');
-  app.addContentTypeParser(RAW_TYPES, { parseAs: 'buffer', bodyLimit: rawLimitOf(dispatcher) }, (_req, body, done) => done(null, body));
+  const json = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser(['text/plain', 'application/json']);
+  app.addContentTypeParser(RAW_TYPES, (req, payload, done) => collectBody(req, payload, rawLimitOf(dispatcher), done));
+  app.addContentTypeParser('application/json', (req, payload, done) =>
+    collectBody(req, payload, jsonLimitOf(dispatcher), (err, body) => (err ? done(err, undefined) : json(req, body!.toString('utf8'), done))),
+  );
 });
+
+/** Charges a request's body to the memory budget until its response is done; busy past the budget. */
+export function admit(dispatcher: Dispatcher, req: FastifyRequest, reply: FastifyReply): CryptError | null {
+  const length = req.headers['content-length'];
+  const declared = length !== undefined ? Number(length) : req.headers['transfer-encoding'] !== undefined ? jsonLimitOf(dispatcher) : 0;
+  if (!(declared > 0)) return null;
+  const budget = dispatcher.budget;
+  if (budget.exhausted) {
+    reply.header('connection', 'close');
+    return new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly');
+  }
+  const charge = Math.min(declared, jsonLimitOf(dispatcher)) * 3;
+  budget.adjust(charge);
+  reply.raw.once('close', () => budget.adjust(-charge));
+  return null;
+}
+
+/** Reads a request body into one buffer, bounded by limit and checked against its Content-Length. */
+export function collectBody(req: FastifyRequest, payload: Readable, limit: number, done: (err: Error | null, body?: Buffer) => void): void {
+  const declared = req.headers['content-length'] === undefined ? NaN : Number(req.headers['content-length']);
+  if (declared > limit) return done(new CryptError('too_large', `request body exceeds the limit of ${limit} bytes`));
+  const bytes = new Collector();
+  const cap = Number.isNaN(declared) ? limit : declared;
+  const finish = (err: Error | null, body?: Buffer): void => {
+    payload.off('data', onData);
+    payload.off('end', onEnd);
+    payload.off('error', onError);
+    done(err, body);
+  };
+  const onData = (chunk: Buffer): void => {
+    bytes.add(chunk, cap);
+    if (bytes.size > limit) finish(new CryptError('too_large', `request body exceeds the limit of ${limit} bytes`));
+  };
+  const onEnd = (): void => {
+    if (!Number.isNaN(declared) && bytes.size !== declared) return finish(new CryptError('bad_request', 'the Content-Length does not match the body'));
+    finish(null, bytes.take());
+  };
+  const onError = (err: Error): void => finish(new CryptError('bad_request', `the body could not be read (${(err as NodeJS.ErrnoException).code ?? 'aborted'})`));
+  payload.on('data', onData);
+  payload.on('end', onEnd);
+  payload.on('error', onError);
+}
