@@ -170,7 +170,7 @@ async function main(): Promise<void> {
   if (want('attacks')) {
     log('Attacks on memory (default settings: --memory-budget 256 MiB), peak RSS of the server process');
     const budgetMiB = 256;
-    const flood = await startCrypt(['--max-connections', '10000']);
+    const flood = await startCrypt();
     const pipeline = await pipelineFlood(flood);
     await flood.stop();
     const web = await startCrypt(['--http', '--http-port', '0']);

@@ -4,9 +4,13 @@
  * Rules:
  * - The commands are the operations table's (src/core/operations.ts), `au` aside: the access
  *   token goes with --token-file or CRYPT_TOKEN (--token works, with a warning: argv is public).
- * - A message is the words exactly as given, joined by single spaces: never parsed as numbers,
- *   and `--` ends the options (`crypt-client en -- -secret`). `-`, or a piped stdin with no words,
- *   sends stdin byte for byte; an empty stdin without `-` is a usage error, not an empty message.
+ * - A message is the words exactly as given, joined by single spaces: never parsed as numbers.
+ *   Options go before it: from its first word on, everything is message (`en pay -h` encrypts
+ *   "pay -h"), and `--` ends the options wherever it is (`en -- -secret`, `en x -- -y` is "x -y"). `-`, or a piped stdin
+ *   with no words, sends stdin byte for byte (a `-` after `--` is just "-"); an empty stdin
+ *   without `-` is a usage error, not an empty message.
+ * - Settings come from flags and the environment, never from a `.env` file: one in whatever
+ *   directory the client runs in could point the token and the plaintext at another host.
  * - Argv mode prints the result alone on stdout: a token or key with a line break, JSON on one
  *   line, a plaintext exactly as its bytes (plus a line break only when stdout is a terminal).
  * - Every reply is checked for its shape (src/client/client.ts): a wrong server is never an answer.
@@ -18,7 +22,7 @@
 import yargs from 'yargs';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { CLIENT, ConfigError, clientConfig, readDotenv } from '../ops/config.js';
+import { CLIENT, ConfigError, clientConfig } from '../ops/config.js';
 import type { ClientConfig } from '../ops/config.js';
 import { CryptClient, ConnectionError, ServerError } from '../client/client.js';
 import type { ClientOptions } from '../client/client.js';
@@ -48,9 +52,7 @@ function suggest(word: string): string {
   return guess ? `; did you mean ${guess}?` : '';
 }
 
-const positional = (o: Operation): string => (o.input === 'message' ? ' [MESSAGE..]' : o.input === 'token' ? ' [TOKEN..]' : '');
-/** yargs drops a bare `-` (stdin): it goes through as this word instead. */
-const STDIN = '\0-';
+const positional = (o: Operation): string => (o.input === 'message' ? ' [MESSAGE..]' : o.input === 'token' ? ' [TOKEN]' : '');
 
 function parser() {
   let y = yargs()
@@ -79,18 +81,47 @@ function parser() {
     .wrap(100);
 }
 
+/** Flags that take a value, so that the word after them is not read as the command or message. */
+const VALUED = new Set([...CLIENT.filter((x) => x.flag !== null && x.kind !== 'boolean').map((x) => `--${x.flag}`), '--ttl']);
+const isOption = (word: string): boolean => word.startsWith('-') && word !== '-' && !/^-\d/.test(word);
+
+/**
+ * Splits argv into what yargs parses (options and the command) and the words after the command:
+ * the first word after the command starts the message (or token), and everything after it is
+ * message too, options or not; `--` starts it explicitly. `afterDashes` says the words came after `--`.
+ */
+export function splitArgv(argv: readonly string[]): { head: string[]; words: string[]; afterDashes: boolean } {
+  const head: string[] = [];
+  let command = false;
+  for (let i = 0; i < argv.length; i++) {
+    const word = argv[i]!;
+    if (word === '--') return { head, words: argv.slice(i + 1), afterDashes: true };
+    if (!isOption(word)) {
+      if (command) {
+        // `--` still ends the options when it comes after the first word: `en x -- -y` is "x -y"
+        const rest = argv.slice(i);
+        const dashes = rest.indexOf('--');
+        return { head, words: dashes === -1 ? rest : [...rest.slice(0, dashes), ...rest.slice(dashes + 1)], afterDashes: dashes !== -1 };
+      }
+      command = true;
+      head.push(word);
+      continue;
+    }
+    head.push(word);
+    if (VALUED.has(word) && i + 1 < argv.length) head.push(argv[++i]!);
+  }
+  return { head, words: [], afterDashes: false };
+}
+
 /** Runs crypt-client; resolves with the exit code. */
 export async function run(argv: string[], io: Io): Promise<number> {
-  const dashes = argv.indexOf('--');
-  const head = (dashes === -1 ? argv : argv.slice(0, dashes)).map((a) => (a === '-' ? STDIN : a));
-  const tail = dashes === -1 ? [] : argv.slice(dashes + 1);
+  const { head, words: tail, afterDashes } = splitArgv(argv);
   const args = await parseOrExit(parser(), head, io, PROGRAM, (message, parsed) => {
     const word = (parsed._ as unknown[])[0];
     if (typeof word !== 'string') return null;
     const op = commandOf(word);
     if (!op) return `unknown command ${/^[\w.-]{1,40}$/.test(word) ? word : '(unprintable)'}: the commands are ${NAMES}${suggest(word)}`;
-    if (/^Unknown argument/.test(message) && op.input === 'none') return `${op.command} takes no argument`;
-    if (/^Unknown argument/.test(message)) return `${message}: to ${op.title} words that start with -, put them after --: ${PROGRAM} ${op.command} -- <${op.input}>`;
+    if (/^Unknown argument/.test(message)) return `${message}: to ${op.title} words that start with -, put them after --: ${PROGRAM} ${op.command} -- <${op.input === 'message' ? 'message' : 'token'}>`;
     return null;
   });
   if (typeof args === 'number') return args;
@@ -99,7 +130,8 @@ export async function run(argv: string[], io: Io): Promise<number> {
   let ca: Buffer | undefined;
   let token: string | undefined;
   try {
-    config = clientConfig({ flags: args, env: io.env, dotenv: readDotenv(io.cwd) });
+    // no .env for the client: one in a directory you happen to be in could send your token elsewhere
+    config = clientConfig({ flags: args, env: io.env, dotenv: {} });
     if (args.ttl !== undefined) {
       if (!/^\d{1,15}$/.test(String(args.ttl))) throw new ConfigError(`--ttl: expected a whole number of seconds, got ${JSON.stringify(args.ttl)}`);
       ttl = Number(args.ttl);
@@ -134,8 +166,7 @@ export async function run(argv: string[], io: Io): Promise<number> {
     complain(io, PROGRAM, '--ttl goes with de only');
     return EXIT.usage;
   }
-  const words = [...((args.MESSAGE ?? args.TOKEN ?? []) as string[]).map((w) => (w === STDIN ? '-' : w)), ...tail];
-  const input = await inputOf(op, words, io);
+  const input = await inputOf(op, tail, io, afterDashes);
   if (typeof input === 'number') return input;
   let client: CryptClient | null = null;
   try {
@@ -151,14 +182,15 @@ export async function run(argv: string[], io: Io): Promise<number> {
 }
 
 /** The payload of an argv command, or a usage exit code (the message already on stderr). */
-async function inputOf(op: Operation, words: string[], io: Io): Promise<Buffer | number> {
+async function inputOf(op: Operation, words: string[], io: Io, afterDashes: boolean): Promise<Buffer | number> {
   const what = op.input === 'message' ? 'message' : 'token';
+  const optionsLate = words.slice(1).some((w) => isOption(w)) ? ` (options go before the ${what}: ${PROGRAM} ${op.command} [options] <${what}>)` : '';
   if (op.input === 'none') {
     if (words.length === 0) return Buffer.alloc(0);
-    complain(io, PROGRAM, `${op.command} takes no argument`);
+    complain(io, PROGRAM, `${op.command} takes no argument${isOption(words[0]!) ? ` (options go before ${op.command})` : ''}`);
     return EXIT.usage;
   }
-  if (words.length === 1 && words[0] === '-') return readAll(io.stdin);
+  if (words.length === 1 && words[0] === '-' && !afterDashes) return readAll(io.stdin);
   if (words.length === 0) {
     if (io.stdin.isTTY) {
       complain(io, PROGRAM, `${op.command} needs a ${what}: ${PROGRAM} ${op.command} <${what}>, or pipe it on stdin`);
@@ -172,7 +204,7 @@ async function inputOf(op: Operation, words: string[], io: Io): Promise<Buffer |
     return piped;
   }
   if (op.input === 'token' && words.length > 1) {
-    complain(io, PROGRAM, `${op.command} takes one token, got ${words.length} words`);
+    complain(io, PROGRAM, `${op.command} takes one token, got ${words.length} words${optionsLate}`);
     return EXIT.usage;
   }
   return Buffer.from(words.join(' '), 'utf8');

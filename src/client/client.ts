@@ -238,12 +238,15 @@ export class CryptClient {
     return this.#failure !== null;
   }
 
-  /** Closes the connection after the pending replies. */
+  /** Closes the connection after the pending replies; a peer that doesn't close its side is cut off after the timeout. */
   async close(): Promise<void> {
     if (this.#socket.destroyed) return;
-    const closed = once(this.#socket, 'close');
+    const closed = new Promise((resolve) => this.#socket.once('close', resolve));
     this.#socket.end();
+    const cut = setTimeout(() => this.#socket.destroy(), this.#options.timeoutMs || 1000);
+    cut.unref();
     await closed;
+    clearTimeout(cut);
   }
 
   #onData(chunk: Buffer): void {

@@ -12,7 +12,7 @@
  * - Watching uses inotify on the directory and polling as a fallback; reloads run one at a time
  *   (Serial), so an older read never replaces a newer one.
  */
-import { constants, promises as fs, watch, watchFile, unwatchFile } from 'node:fs';
+import { constants, promises as fs, readlinkSync, watch, watchFile, unwatchFile } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
@@ -26,7 +26,7 @@ export class FileError extends Error {
 export const MAX_SECRET_FILE = 16 * 1024 * 1024;
 
 const myUid = (): number => process.getuid?.() ?? 0;
-const octal = (mode: number): string => (mode & 0o777).toString(8).padStart(4, '0');
+const octal = (mode: number): string => (mode & 0o7777).toString(8).padStart(4, '0');
 
 /** Throws a FileError unless st is a private regular file of this user (or root). */
 export function checkSecretStats(st: Stats, path: string, what: string, maxBytes = MAX_SECRET_FILE): void {
@@ -37,13 +37,26 @@ export function checkSecretStats(st: Stats, path: string, what: string, maxBytes
   if (st.size > maxBytes) throw new FileError(`${what} ${path} is ${st.size} bytes, more than the ${maxBytes} a ${what} may have`);
 }
 
-/** Throws a FileError when the directory holding path is writable by group or others or owned by another user. */
+/**
+ * Throws a FileError unless no other user can replace path through a directory on the way to it
+ * (ssh's StrictModes): its directory and every directory above, with symlinks resolved, owned by
+ * this user or root; its directory not writable by group or others; one above only with the
+ * sticky bit (as /tmp), which stops others from renaming what isn't theirs.
+ */
 export async function checkDirectory(path: string, what: string): Promise<void> {
-  const dir = dirname(path);
-  const st = await fs.stat(dir);
   const uid = myUid();
-  if (st.uid !== uid && st.uid !== 0) throw new FileError(`the directory ${dir} of ${what} ${path} is owned by uid ${st.uid}, not by this user or root: another user could replace the file`);
-  if ((st.mode & 0o022) !== 0) throw new FileError(`the directory ${dir} of ${what} ${path} has mode ${octal(st.mode)}, writable by group or others, who could replace the file: run chmod go-w ${dir}`);
+  let dir = await fs.realpath(dirname(path));
+  for (let first = true; ; first = false) {
+    const st = await fs.stat(dir);
+    if (st.uid !== uid && st.uid !== 0) throw new FileError(`the directory ${dir} above ${what} ${path} is owned by uid ${st.uid}, not by this user or root: another user could replace the file`);
+    const writable = (st.mode & 0o022) !== 0;
+    if (writable && (first || (st.mode & 0o1000) === 0)) {
+      throw new FileError(`the directory ${dir} above ${what} ${path} has mode ${octal(st.mode)}, writable by group or others, who could replace the file: run chmod go-w ${dir}`);
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return;
+    dir = parent;
+  }
 }
 
 /**
@@ -91,7 +104,7 @@ export async function readSecret(path: string, what: string, maxBytes = MAX_SECR
 /** Writes data to path atomically and durably, with mode 0600; `beforeRename` may still veto it. */
 export async function writeAtomic(path: string, data: string | Uint8Array, beforeRename?: () => Promise<void>): Promise<void> {
   const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = join(dir, `.${basename(path)}.${PROCESS_TAG}.${randomBytes(4).toString('hex')}.tmp`);
   const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
     try {
@@ -118,6 +131,21 @@ async function syncDir(dir: string): Promise<void> {
     await dh.close();
   }
 }
+
+/**
+ * This process's pid namespace (from /proc/self/ns/pid; '0' where there is none): a pid means
+ * something only within its namespace, and two containers can share a host name and a volume.
+ */
+export const PID_NAMESPACE: string = (() => {
+  try {
+    return /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? '0';
+  } catch {
+    return '0';
+  }
+})();
+
+/** A tag naming this process in file names: its pid and pid namespace. */
+export const PROCESS_TAG = `${process.pid}-${PID_NAMESPACE}`;
 
 /** True when a process with this pid exists (EPERM: it exists but is another user's). */
 export function isAlive(pid: number): boolean {

@@ -4,8 +4,9 @@
  *
  * Rules (why two holders are impossible):
  * - Taking the lock is link(mine, lock): atomic, and it never replaces an existing lock.
- * - A lock is stale when its owner on this host is dead, or (owner elsewhere, or unreadable)
- *   when it has not been refreshed for STALE_MS; a holder refreshes it every STALE_MS / 3.
+ * - A lock is stale when its owner on this host and in this pid namespace is dead, or (owner
+ *   elsewhere, or unreadable) when it has not been refreshed for STALE_MS; a holder refreshes it
+ *   every STALE_MS / 3.
  * - A lock file is removed only by whoever first creates `<lock>.break.<its nonce>` with link(),
  *   and only after checking, while holding that name, that the lock still has that nonce. Its
  *   owner releases the same way. Nothing else ever renames or removes a lock, so a check and the
@@ -14,12 +15,14 @@
  * - A holder checks that the lock is still its own before committing (`verify`), which catches
  *   the one case the rules above allow: a lock judged stale by age while its owner was paused.
  * - A lock file owned by another user is refused, never broken.
+ * - Releasing never hides the work done under the lock: a release that fails is retried, then
+ *   left (the lock then goes stale only by its owner's death or age).
  */
 import { constants, promises as fs } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
-import { FileError, isAlive } from './files.js';
+import { FileError, PID_NAMESPACE, PROCESS_TAG, isAlive } from './files.js';
 
 /** A lock not refreshed for this long is stale when its owner can't be checked (another host). */
 export const STALE_MS = 30_000;
@@ -29,6 +32,8 @@ const MAX_BREAK_DEPTH = 4;
 interface Owner {
   pid: number;
   host: string;
+  /** The owner's pid namespace ('0' when unknown); older locks lack it. */
+  ns?: string;
   nonce: string;
 }
 
@@ -75,14 +80,14 @@ async function see(path: string): Promise<Seen | null> {
 
 function isStale(seen: Seen): boolean {
   const { owner } = seen;
-  if (owner && owner.host === hostname()) return !isAlive(owner.pid);
+  if (owner && owner.host === hostname() && (owner.ns ?? PID_NAMESPACE) === PID_NAMESPACE) return !isAlive(owner.pid);
   return seen.age > STALE_MS;
 }
 
 /** Writes a new lock attempt file (full content before anyone can see it as the lock). */
 async function attempt(path: string, nonce: string): Promise<string> {
-  const file = `${path}.${process.pid}.${nonce}`;
-  await fs.writeFile(file, JSON.stringify({ pid: process.pid, host: hostname(), nonce } satisfies Owner), { mode: 0o600, flag: 'wx' });
+  const file = `${path}.${PROCESS_TAG}.${nonce}`;
+  await fs.writeFile(file, JSON.stringify({ pid: process.pid, host: hostname(), ns: PID_NAMESPACE, nonce } satisfies Owner), { mode: 0o600, flag: 'wx' });
   return file;
 }
 
@@ -162,6 +167,18 @@ export async function withLock<T>(path: string, fn: (lock: HeldLock) => Promise<
     return await fn(held);
   } finally {
     clearInterval(refresh);
-    await removeIf(path, nonce, 0);
+    await release(path, nonce);
+  }
+}
+
+/** Releases a held lock, retrying a failure a few times; never throws (see the rules at the top). */
+async function release(path: string, nonce: string): Promise<void> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      await removeIf(path, nonce, 0);
+      return;
+    } catch {
+      await delay(POLL_MS * (attempt + 1));
+    }
   }
 }

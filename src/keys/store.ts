@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { FileError, isAlive, readSecret, watchForChanges, writeAtomic } from './files.js';
+import { FileError, PID_NAMESPACE, isAlive, readSecret, watchForChanges, writeAtomic } from './files.js';
 import { withLock } from './lock.js';
 
 /** Stored text and a version that changes whenever the text does. */
@@ -101,8 +101,9 @@ export class ListStore implements KeyStore {
 const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /**
- * Removes what killed writers left beside path: temp files and lock attempts whose pid is dead.
- * Lock files themselves are left to the lock's own rules.
+ * Removes what killed writers left beside path: temp files and lock attempts of dead processes of
+ * this pid namespace (their names carry pid and namespace). Lock files themselves are left to the
+ * lock's own rules.
  */
 export async function removeLeftovers(path: string): Promise<void> {
   const dir = dirname(path);
@@ -113,12 +114,14 @@ export async function removeLeftovers(path: string): Promise<void> {
   } catch {
     return;
   }
-  // .<base>.<pid>.<hex>.tmp, and <base>.lock[.break.<id>...].<pid>.<16 hex> attempt files
-  const pattern = new RegExp(`^(?:\\.${base}\\.(\\d+)\\.[0-9a-f]+\\.tmp|${base}\\.lock(?:\\.break\\.[0-9a-z-]+)*\\.(\\d+)\\.[0-9a-f]{16})$`);
+  // .<base>.<pid>-<ns>.<hex>.tmp, and <base>.lock[.break.<id>...].<pid>-<ns>.<16 hex> attempt files
+  const pattern = new RegExp(`^(?:\\.${base}\\.(\\d+)-(\\d+)\\.[0-9a-f]+\\.tmp|${base}\\.lock(?:\\.break\\.[0-9a-z-]+)*\\.(\\d+)-(\\d+)\\.[0-9a-f]{16})$`);
   const stale = names.filter((n) => {
     const m = pattern.exec(n);
-    const pid = Number(m?.[1] ?? m?.[2]);
-    return Number.isInteger(pid) && pid > 0 && pid !== process.pid && !isAlive(pid);
+    if (!m) return false;
+    const pid = Number(m[1] ?? m[3]);
+    const ns = m[2] ?? m[4];
+    return ns === PID_NAMESPACE && pid > 0 && pid !== process.pid && !isAlive(pid);
   });
   await Promise.all(stale.map((n) => fs.rm(join(dir, n), { force: true })));
 }

@@ -236,8 +236,8 @@ export function serverConfig(sources: Sources): ServerConfig {
   if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
     throw new ConfigError(config.tlsCert === undefined ? '--tls-key needs --tls-cert too' : '--tls-cert needs --tls-key too');
   }
-  if (config.memoryBudget < 4 * config.maxFrame) {
-    throw new ConfigError(`--memory-budget (${config.memoryBudget}) must be at least 4 times --max-frame (${config.maxFrame}): a request in flight is held about three times over`);
+  if (config.memoryBudget < 8 * config.maxFrame) {
+    throw new ConfigError(`--memory-budget (${config.memoryBudget}) must be at least 8 times --max-frame (${config.maxFrame}): a request in flight is held about four times over (a JSON body of a largest message, charged three times)`);
   }
   config.allowedHosts ??= [];
   config.keyringDefault = !given(SERVER, 'keyring', sources);

@@ -54,6 +54,9 @@ t.test('a message is the words exactly as given: numbers, dashes, empty, unicode
     [['en', 'héllo', 'wörld', '🙂'], 'héllo wörld 🙂'],
     [['en', '  '], '  '],
     [['en', 'a  b', 'c'], 'a  b c'],
+    [['en', 'pay', '-h'], 'pay -h'],
+    [['en', 'a', '--port', '9', 'b'], 'a --port 9 b'],
+    [['en', '--', '-'], '-'],
   ];
   for (const [args, message] of cases) {
     const en = await client(port, args);
@@ -77,6 +80,8 @@ t.test('stdin: - and a pipe with no words send bytes exactly; an empty pipe is a
   t.equal(empty.err, 'crypt-client: en got no message: stdin was empty (pass - to en empty input on purpose)\n', 'says so');
   const dash = await client(port, ['en', '-'], { stdin: '' });
   t.equal(dash.code, 0, 'en - with an empty stdin encrypts the empty message: asked for explicitly');
+  const late = await client(port, ['de', 'TOKEN', '--ttl', '60']);
+  t.equal(late.err, 'crypt-client: de takes one token, got 3 words (options go before the token: crypt-client de [options] <token>)\n', 'an option after the token is pointed out');
   const tty = await client(port, ['de'], { tty: true });
   t.equal(tty.code, 2, 'de on a terminal with no token: exit 2');
   t.match(tty.err, /de needs a token: crypt-client de <token>, or pipe it on stdin/, 'says how');
@@ -90,8 +95,8 @@ t.test('usage mistakes: unknown commands are named, with the closest; -v; --ttl'
     [['decrypt', 'x'], /did you mean de\?/],
     [['inspct', 'x'], /did you mean inspect\?/],
     [['zzzzzz'], /^crypt-client: unknown command zzzzzz: the commands are [^;]+\n$/],
-    [['de', 'x', '--ttl', 'soon'], /^crypt-client: --ttl: expected a whole number of seconds, got "soon"\n$/],
-    [['en', 'x', '--ttl', '5'], /^crypt-client: --ttl goes with de only\n$/],
+    [['de', '--ttl', 'soon', 'x'], /^crypt-client: --ttl: expected a whole number of seconds, got "soon"\n$/],
+    [['en', '--ttl', '5', 'x'], /^crypt-client: --ttl goes with de only\n$/],
     [['en', '-secret'], /to encrypt words that start with -, put them after --: crypt-client en -- <message>/],
     [['de', 'a', 'b'], /^crypt-client: de takes one token, got 2 words\n$/],
     [['gk', 'x'], /^crypt-client: gk takes no argument\n$/],
@@ -105,6 +110,16 @@ t.test('usage mistakes: unknown commands are named, with the closest; -v; --ttl'
     const v = await client(port, [flag]);
     t.equal(v.out.toString().trim(), JSON.parse(await fs.readFile(new URL('../../package.json', import.meta.url), 'utf8')).version, `${flag} prints the version`);
   }
+});
+
+t.test('the client reads no .env: one in the working directory could point it elsewhere', async (t) => {
+  const { port } = await start(t);
+  const dir = tempDir(t);
+  await fs.writeFile(join(dir, '.env'), 'CRYPT_PORT=1\nCRYPT_HOST=attacker.example\n');
+  const io = memoryIo({ env: {}, cwd: dir });
+  t.equal(await run(['--port', String(port), 'en', 'x'], io), 0, 'the .env is not read');
+  const io2 = memoryIo({ env: { CRYPT_PORT: String(port) }, cwd: dir });
+  t.equal(await run(['en', 'x'], io2), 0, 'the environment is');
 });
 
 t.test('a server error exits 1 with its code; an unreachable server exits 3', async (t) => {

@@ -1,7 +1,9 @@
 import t from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
-import { start } from '../helpers/server.js';
+import { start, tempDir } from '../helpers/server.js';
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
 import { encodeRequest } from '../../src/wire/frames.js';
 import { ReplyDecoder } from '../../src/wire/replies.js';
 
@@ -57,5 +59,38 @@ t.test('HTTP: concurrent large bodies past the budget get 503 busy; the rest are
 
 t.test('the budget must leave room for requests in flight', async (t) => {
   const { serverConfig } = await import('../../src/ops/config.js');
-  t.throws(() => serverConfig({ flags: { 'memory-budget': String(2 * MiB), 'max-frame': String(MiB) }, env: {}, dotenv: {} }), { message: /--memory-budget \(2097152\) must be at least 4 times --max-frame/ }, 'a budget under 4 frames is refused');
+  t.throws(() => serverConfig({ flags: { 'memory-budget': String(4 * MiB), 'max-frame': String(MiB) }, env: {}, dotenv: {} }), { message: /--memory-budget \(4194304\) must be at least 8 times --max-frame/ }, 'a budget under 8 frames is refused');
+});
+
+t.test('HTTP: a caller without the role is refused before its body is read, and a body is charged as it arrives', async (t) => {
+  const dir = tempDir(t);
+  await fs.writeFile(join(dir, 'tokens'), 'user user-token-0123456789abcdef\n', { mode: 0o600 });
+  const { server } = await start(t, { http: true, httpPort: 0, tokensFile: join(dir, 'tokens'), maxFrame: MiB });
+  const port = server.http!.address.port;
+  const head = (auth: string) => `POST /encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n${auth}\r\n`;
+  const answer = (auth: string) => new Promise<string>((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let text = '';
+    s.on('data', (c: Buffer) => {
+      text += c.toString();
+      if (text.includes('\r\n\r\n')) {
+        s.destroy();
+        resolve(text);
+      }
+    });
+    s.on('error', () => undefined);
+    s.write(head(auth));
+  });
+  t.match(await answer(''), /^HTTP\/1\.1 401 /, 'no token: 401 with the body never sent');
+  const used = server.dispatcher.budget.used;
+  t.equal(used, 0, 'and nothing is charged for it');
+  const s = net.connect(port, '127.0.0.1');
+  await once(s, 'connect');
+  s.write(head('Authorization: Bearer user-token-0123456789abcdef\r\n') + 'a'.repeat(1000));
+  const charged = await new Promise<number>((resolve) => {
+    const check = () => (server.dispatcher.budget.used > 0 ? resolve(server.dispatcher.budget.used) : setImmediate(check));
+    check();
+  });
+  t.ok(charged <= 3 * 64 * 1024, `a body that has sent 1,000 of 1,000,000 bytes is charged for what arrived (${charged} bytes), not for its Content-Length`);
+  s.destroy();
 });

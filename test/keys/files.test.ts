@@ -2,11 +2,12 @@ import t from 'tap';
 import { promises as fs, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { FileError, checkDirectory, readSecret, writeAtomic } from '../../src/keys/files.js';
+import { FileError, PID_NAMESPACE, checkDirectory, readSecret, writeAtomic } from '../../src/keys/files.js';
 import { removeLeftovers } from '../../src/keys/store.js';
 import { tempDir } from '../helpers/server.js';
 
 const deadPid = (): number => spawnSync(process.execPath, ['-e', '0']).pid!;
+const ns = PID_NAMESPACE;
 
 t.test('writeAtomic writes 0600 and leaves nothing else', async (t) => {
   const dir = tempDir(t);
@@ -54,11 +55,26 @@ t.test('readSecret checks the file it reads: type, owner, mode, size, directory'
 
   await fs.chmod(dir, 0o777);
   t.teardown(() => fs.chmod(dir, 0o700));
-  await t.rejects(readSecret(file, 'keyring', 4000), { message: new RegExp(`the directory ${dir} of keyring .* has mode 0777, writable by group or others, who could replace the file: run chmod go-w ${dir}`) }, 'a directory others can write to');
+  await t.rejects(readSecret(file, 'keyring', 4000), { message: new RegExp(`the directory ${dir} above keyring .* has mode 0777, writable by group or others, who could replace the file: run chmod go-w ${dir}`) }, 'a directory others can write to');
   await fs.chmod(dir, 0o1777);
-  await t.rejects(checkDirectory(file, 'keyring'), { message: /writable by group or others/ }, 'even with the sticky bit');
+  await t.rejects(checkDirectory(file, 'keyring'), { message: /mode 1777, writable by group or others/ }, 'even with the sticky bit, for the directory the file is in');
   await fs.chmod(dir, 0o755);
   await t.resolves(checkDirectory(file, 'keyring'), '0755 is fine');
+  // a directory above: writable by others only with the sticky bit (as /tmp)
+  const sub = join(dir, 'sub');
+  await fs.mkdir(sub, { mode: 0o700 });
+  await fs.writeFile(join(sub, 'k'), 'x', { mode: 0o600 });
+  await fs.chmod(dir, 0o777);
+  await t.rejects(checkDirectory(join(sub, 'k'), 'keyring'), { message: new RegExp(`the directory ${dir} above keyring .* has mode 0777`) }, 'a directory above that others can write to, without the sticky bit');
+  await fs.chmod(dir, 0o1777);
+  await t.resolves(checkDirectory(join(sub, 'k'), 'keyring'), 'with the sticky bit, a directory above is fine');
+  await fs.chown(dir, 4242, 4242);
+  await t.rejects(checkDirectory(join(sub, 'k'), 'keyring'), { message: /is owned by uid 4242, not by this user or root/ }, 'a directory above owned by another user is not');
+  await fs.chown(dir, process.getuid!(), process.getgid!());
+  await fs.chmod(dir, 0o700);
+  const viaLink = join(tempDir(t), 'link');
+  await fs.symlink(sub, viaLink);
+  await t.resolves(checkDirectory(join(viaLink, 'k'), 'keyring'), 'symlinks on the way are resolved before the check');
 });
 
 t.test("removeLeftovers removes only dead writers' files", async (t) => {
@@ -66,15 +82,16 @@ t.test("removeLeftovers removes only dead writers' files", async (t) => {
   const dir = tempDir(t);
   const names = {
     'keyring.json': '{}',
-    [`.keyring.json.${dead}.abcd.tmp`]: 'x',
-    [`keyring.json.lock.${dead}.0123456789abcdef`]: 'x',
-    [`keyring.json.lock.break.0123456789abcdef.${dead}.fedcba9876543210`]: 'x',
-    [`.keyring.json.${process.pid}.abcd.tmp`]: 'mine',
+    [`.keyring.json.${dead}-${ns}.abcd.tmp`]: 'x',
+    [`keyring.json.lock.${dead}-${ns}.0123456789abcdef`]: 'x',
+    [`keyring.json.lock.break.0123456789abcdef.${dead}-${ns}.fedcba9876543210`]: 'x',
+    [`.keyring.json.${process.pid}-${ns}.abcd.tmp`]: 'mine',
+    [`.keyring.json.${dead}-1.abcd.tmp`]: 'another pid namespace: its pid means nothing here',
     'keyring.json.lock': 'a lock is left to the lock',
-    '.other.json.1.abcd.tmp': 'x',
+    [`.other.json.1-${ns}.abcd.tmp`]: 'x',
   };
   for (const [name, text] of Object.entries(names)) await fs.writeFile(join(dir, name), text);
   await removeLeftovers(join(dir, 'keyring.json'));
-  t.same((await fs.readdir(dir)).sort(), [`.keyring.json.${process.pid}.abcd.tmp`, '.other.json.1.abcd.tmp', 'keyring.json', 'keyring.json.lock'].sort(), "dead writers' leftovers are gone");
+  t.same((await fs.readdir(dir)).sort(), [`.keyring.json.${process.pid}-${ns}.abcd.tmp`, `.keyring.json.${dead}-1.abcd.tmp`, `.other.json.1-${ns}.abcd.tmp`, 'keyring.json', 'keyring.json.lock'].sort(), "dead writers' leftovers are gone, and only theirs");
   await t.resolves(removeLeftovers(join(dir, 'missing', 'x')), 'a missing directory is fine');
 });

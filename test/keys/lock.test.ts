@@ -9,7 +9,7 @@ import { STALE_MS, withLock } from '../../src/keys/lock.js';
 import { tempDir } from '../helpers/server.js';
 
 const deadPid = (): number => spawnSync(process.execPath, ['-e', '0']).pid!;
-const owner = (pid: number, host = hostname(), nonce = '0123456789abcdef') => JSON.stringify({ pid, host, nonce });
+const owner = (pid: number, host = hostname(), nonce = '0123456789abcdef', ns?: string) => JSON.stringify({ pid, host, nonce, ...(ns ? { ns } : {}) });
 
 t.test('withLock serialises holders in one process', async (t) => {
   const lock = join(tempDir(t), 'k.lock');
@@ -43,6 +43,8 @@ t.test('stale locks are broken; live ones are waited for and never touched', asy
   t.equal(JSON.parse(await fs.readFile(lock, 'utf8')).nonce, 'feedfeedfeedfeed', 'and is left alone');
   await fs.writeFile(lock, owner(1, 'elsewhere'));
   await t.rejects(withLock(lock, async () => 'never', 100), { message: /held by process 1 on elsewhere/ }, 'a fresh lock of another host is not stale');
+  await fs.writeFile(lock, owner(deadPid(), hostname(), 'cafecafecafecafe', '1'));
+  await t.rejects(withLock(lock, async () => 'never', 100), { message: /is held by process/ }, "a fresh lock of another pid namespace is not stale, though its pid is no process here");
   await fs.rm(lock);
   t.same(await fs.readdir(dir), [], 'no lock attempts are left behind');
 });

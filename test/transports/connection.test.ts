@@ -173,7 +173,7 @@ t.test('an error marked close ends the connection after its reply; nothing behin
   t.ok(socket.ended, 'and the socket ends');
 });
 
-t.test('past the memory budget a connection stops reading and running, and resumes when memory is given back', async (t) => {
+t.test('past the memory budget a connection stops reading; a half frame is answered busy and closed', async (t) => {
   const { dispatcher, calls } = fakeDispatcher();
   const budget = new MemoryBudget(1000);
   (dispatcher as unknown as { budget: MemoryBudget }).budget = budget;
@@ -182,12 +182,30 @@ t.test('past the memory budget a connection stops reading and running, and resum
   t.equal(calls.length, 1, 'under the budget, requests run');
   budget.adjust(5000);
   socket.push('#en#second#\n#en#third#\n');
-  t.equal(calls.length, 1, 'past it, nothing more runs');
-  t.ok(socket.paused, 'and reading stops');
-  t.ok(budget.used > 5000, 'what the connection holds is charged meanwhile');
+  t.same(calls, ['first', 'second', 'third'], 'past it, requests already decoded still run (the dispatcher answers busy to payloads)');
+  t.ok(socket.paused, 'but reading stops');
   budget.adjust(-5000);
-  t.same(calls, ['first', 'second', 'third'], 'given back, the waiting requests run');
-  t.notOk(socket.paused, 'and reading resumes');
+  t.notOk(socket.paused, 'given back, reading resumes');
+  socket.push('#en:100#abc');
+  budget.adjust(5000);
+  socket.push('def');
+  t.same(socket.replies().slice(-1), ['!busy'], 'a connection holding half a frame past the budget is answered busy');
+  t.ok(socket.ended, 'and closed');
   socket.emit('close');
+  budget.adjust(-5000);
   t.equal(budget.used, 0, 'a closed connection gives back everything it held');
+});
+
+t.test('a closing connection gives back what it holds and is cut off after a fixed linger, whatever the peer sends', async (t) => {
+  const { dispatcher } = fakeDispatcher();
+  const budget = new MemoryBudget(1 << 30);
+  (dispatcher as unknown as { budget: MemoryBudget }).budget = budget;
+  const { socket } = connect(dispatcher);
+  socket.push('#en:1000000#' + 'a'.repeat(500_000));
+  t.ok(budget.used >= 500_000, 'half a frame is charged');
+  socket.push('\x00');
+  socket.emit('end');
+  t.ok(socket.ended, 'the stream ended: the connection finishes');
+  t.ok(budget.used < 1000, `and gives back the half frame at once, not when the socket finally closes (${budget.used} bytes of reply still charged)`);
+  socket.emit('close');
 });

@@ -7,9 +7,10 @@
  *   own, `Sec-Fetch-Site: cross-site`): 403 before anything runs. Programs, which send neither Origin nor Sec-Fetch-Site, are not
  *   affected. Allowed hosts: loopback names and addresses, the listener's own address, and
  *   `--allowed-hosts` (`*` allows any).
- * - A request with a body is admitted under the memory budget (src/transports/http/limits.ts).
  * - `Authorization: Bearer <token>` authenticates the request through the dispatcher (the same
- *   failure budget as TCP's `au`); the token is taken as the exact bytes sent.
+ *   failure budget as TCP's `au`); the token is taken as the exact bytes sent. The role the
+ *   route's operation needs is checked here, before the body is read.
+ * - Then a request with a body is admitted under the memory budget (src/transports/http/limits.ts).
  */
 import fp from 'fastify-plugin';
 import { isIP } from 'node:net';
@@ -19,6 +20,8 @@ import { newCaller } from '../../core/access.js';
 import type { Caller } from '../../core/access.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
 import { admit } from './limits.js';
+import { OPERATIONS } from '../../core/operations.js';
+import type { Operation } from '../../core/operations.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -66,28 +69,33 @@ export const authPlugin = fp<{ dispatcher: Dispatcher; hosts: HostRules }>(async
   const allowedHost = hostChecker(hosts);
   app.decorateRequest('caller', null as unknown as Caller);
   // a callback hook, not an async one: no promise per request on the hot path
-  const hook: onRequestHookHandler = (req, reply, done) => {
+  const hookFor = (op: Operation | undefined): onRequestHookHandler => (req, reply, done) => {
     req.caller = newCaller('http', req.socket.remoteAddress);
     const refusal = browserRefusal(req, allowedHost);
     if (refusal) return done(new CryptError('forbidden', refusal));
-    const busy = admit(dispatcher, req, reply);
-    if (busy) return done(busy);
     const auth = req.headers.authorization;
-    if (auth !== undefined) {
-      const m = /^Bearer +(\S+) *$/i.exec(auth);
-      if (!m) return done(new CryptError('unauthorized', 'the Authorization header must be: Bearer <token>'));
-      try {
+    try {
+      if (auth !== undefined) {
+        const m = /^Bearer +(\S+) *$/i.exec(auth);
+        if (!m) return done(new CryptError('unauthorized', 'the Authorization header must be: Bearer <token>'));
         // Node decodes header bytes as latin1: back to the exact bytes sent, as TCP takes them
         dispatcher.authenticate(req.caller, Buffer.from(m[1]!, 'latin1'));
-      } catch (err) {
-        return done(err as Error);
       }
+      // the role is checked before the body is read: a caller who may not run it sends it for nothing
+      if (op) dispatcher.authorize(op, req.caller);
+    } catch (err) {
+      return done(err as Error);
     }
+    const busy = admit(dispatcher, req, reply);
+    if (busy) return done(busy);
     done();
   };
+  const ops = new Map<string, Operation>(OPERATIONS.flatMap((o) => (o.http ? [[`${o.http.method} ${o.http.path}`, o] as [string, Operation]] : [])));
   // added to each route after the rate limit's own hook (also per route), so a request is
   // counted before its token is checked
   app.addHook('onRoute', (route) => {
+    const method = Array.isArray(route.method) ? route.method[0] : route.method;
+    const hook = hookFor(ops.get(`${method === 'HEAD' ? 'GET' : method} ${route.url}`));
     route.onRequest = [...(Array.isArray(route.onRequest) ? route.onRequest : route.onRequest ? [route.onRequest] : []), hook];
   });
 });

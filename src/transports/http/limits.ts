@@ -10,10 +10,11 @@
  *   64 KiB (base64 and batch overhead). Bodies are collected into one buffer that grows with what
  *   arrives (src/wire/frames.ts' Collector), so a body sent one byte per segment costs its bytes,
  *   not a Buffer object per segment as Fastify's own collection would.
- * - Each request with a body charges the memory budget three times its length (the body, what it
- *   parses into, and the result) until its response is done; past the budget, a request gets
- *   503 `busy` before its body is read. (admit(), called by the one per-request hook in auth.ts:
- *   each hook Fastify runs is a measurable part of a small request's cost.)
+ * - A request's body charges the memory budget three times the bytes that arrived (the body, what
+ *   it parses into, and the result) until its response is done; past the budget, a request gets
+ *   503 `busy` and the connection closes, before or while its body is read. (admit() is called
+ *   by the one per-request hook in auth.ts, after authentication: each hook Fastify runs is a
+ *   measurable part of a small request's cost.)
  */
 import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
@@ -78,30 +79,52 @@ export const limitsPlugin = fp<{ dispatcher: Dispatcher; limits: HttpLimits }>(a
 
   const json = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser(['text/plain', 'application/json']);
-  app.addContentTypeParser(RAW_TYPES, (req, payload, done) => collectBody(req, payload, rawLimitOf(dispatcher), done));
+  app.decorateRequest('bodyCharge', 0);
+  app.addContentTypeParser(RAW_TYPES, (req, payload, done) => collectBody(req, payload, rawLimitOf(dispatcher), done, charger(dispatcher, req)));
   app.addContentTypeParser('application/json', (req, payload, done) =>
-    collectBody(req, payload, jsonLimitOf(dispatcher), (err, body) => (err ? done(err, undefined) : json(req, body!.toString('utf8'), done))),
+    collectBody(req, payload, jsonLimitOf(dispatcher), (err, body) => (err ? done(err, undefined) : json(req, body!.toString('utf8'), done)), charger(dispatcher, req)),
   );
 });
 
-/** Charges a request's body to the memory budget until its response is done; busy past the budget. */
-export function admit(dispatcher: Dispatcher, req: FastifyRequest, reply: FastifyReply): CryptError | null {
-  const length = req.headers['content-length'];
-  const declared = length !== undefined ? Number(length) : req.headers['transfer-encoding'] !== undefined ? jsonLimitOf(dispatcher) : 0;
-  if (!(declared > 0)) return null;
-  const budget = dispatcher.budget;
-  if (budget.exhausted) {
-    reply.header('connection', 'close');
-    return new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly');
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Bytes of this request's body charged to the memory budget so far. */
+    bodyCharge: number;
   }
-  const charge = Math.min(declared, jsonLimitOf(dispatcher)) * 3;
-  budget.adjust(charge);
-  reply.raw.once('close', () => budget.adjust(-charge));
+}
+
+const busy = (): CryptError => new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly', { close: true });
+
+/**
+ * Admits a request with a body under the memory budget: busy when the budget is used up, else
+ * what its body will be charged (as it arrives, in collectBody) is given back when the response
+ * is done. Requests without a body are not charged.
+ */
+export function admit(dispatcher: Dispatcher, req: FastifyRequest, reply: FastifyReply): CryptError | null {
+  if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) return null;
+  const budget = dispatcher.budget;
+  if (budget.exhausted) return busy();
+  req.bodyCharge = 0;
+  reply.raw.once('close', () => {
+    budget.adjust(-req.bodyCharge);
+    req.bodyCharge = 0;
+  });
   return null;
 }
 
+/** A charge function for collectBody: three times each chunk (the body, what it parses into, the result). */
+function charger(dispatcher: Dispatcher, req: FastifyRequest): (bytes: number) => CryptError | null {
+  const budget = dispatcher.budget;
+  return (bytes) => {
+    const n = bytes * 3;
+    req.bodyCharge += n;
+    budget.adjust(n);
+    return budget.exhausted ? busy() : null;
+  };
+}
+
 /** Reads a request body into one buffer, bounded by limit and checked against its Content-Length. */
-export function collectBody(req: FastifyRequest, payload: Readable, limit: number, done: (err: Error | null, body?: Buffer) => void): void {
+export function collectBody(req: FastifyRequest, payload: Readable, limit: number, done: (err: Error | null, body?: Buffer) => void, charge: (bytes: number) => CryptError | null = () => null): void {
   const declared = req.headers['content-length'] === undefined ? NaN : Number(req.headers['content-length']);
   if (declared > limit) return done(new CryptError('too_large', `request body exceeds the limit of ${limit} bytes`));
   const bytes = new Collector();
@@ -114,7 +137,9 @@ export function collectBody(req: FastifyRequest, payload: Readable, limit: numbe
   };
   const onData = (chunk: Buffer): void => {
     bytes.add(chunk, cap);
-    if (bytes.size > limit) finish(new CryptError('too_large', `request body exceeds the limit of ${limit} bytes`));
+    if (bytes.size > limit) return finish(new CryptError('too_large', `request body exceeds the limit of ${limit} bytes`));
+    const refused = charge(chunk.length);
+    if (refused) finish(refused);
   };
   const onEnd = (): void => {
     if (!Number.isNaN(declared) && bytes.size !== declared) return finish(new CryptError('bad_request', 'the Content-Length does not match the body'));

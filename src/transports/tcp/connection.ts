@@ -5,12 +5,14 @@
  * - Replies go out in request order, one write per batch of replies; a pending (asynchronous)
  *   result holds back the replies after it until it is ready.
  * - Backpressure, whatever is pending: requests are run only while fewer than MAX_QUEUED replies
- *   wait, the socket's buffer is not full and the server's memory budget is not used up.
- *   Otherwise reading stops, and the requests already decoded (at most one chunk's worth) wait,
- *   not run, until the client reads or memory is given back.
+ *   wait and the socket's buffer is not full. Otherwise reading stops, and the requests already
+ *   decoded (at most one chunk's worth) wait, not run, until the client reads.
  * - What the connection holds (its unfinished frame, requests waiting, replies not yet written)
  *   is charged to the server's memory budget (src/core/budget.ts), and given back as it goes.
- *   Past the budget, a connection holding half a frame is answered busy and closed.
+ *   Past the budget, reading stops (decoded requests still run: the dispatcher answers busy to
+ *   new payloads, which gives their bytes back), and a connection holding half a frame is
+ *   answered busy and closed. A closing connection gives back all but its unsent replies, and is
+ *   destroyed LINGER_MS after it ends, whatever its peer still sends.
  * - A barrier operation (key management, au) holds back every request after it until it is done,
  *   so a `gk` after `rk` sees the new key.
  * - The connection closes after: a fatal framing error, an error marked `close` (too many failed
@@ -124,6 +126,10 @@ export class Connection {
     });
     socket.on('close', () => {
       if (this.#log.isLevelEnabled('debug')) this.#log.debug({ peer: this.caller.peer }, 'connection closed');
+      // nobody is left to answer: what was decoded and not run never runs
+      this.#halted = true;
+      this.#items = [];
+      this.#at = 0;
       this.#ended = true;
       this.#cancelWait?.();
       this.#cancelWait = null;
@@ -215,13 +221,14 @@ export class Connection {
     }
     this.#flush();
     if (this.#halted || this.#closing) this.#finish();
-    else if (!this.#blocked()) this.#resume();
+    else if (!this.#blocked() && !this.#budget.exhausted) this.#resume();
     else this.#stall();
     this.#recharge();
   }
 
+  /** True while requests must not run: a barrier, too many replies waiting, or a full socket buffer. */
   #blocked(): boolean {
-    return this.#barrier || this.#slots.length >= MAX_QUEUED || this.socket.writableNeedDrain || this.#budget.exhausted;
+    return this.#barrier || this.#slots.length >= MAX_QUEUED || this.socket.writableNeedDrain;
   }
 
   /** Charges what the connection holds now to the budget. */
@@ -369,10 +376,19 @@ export class Connection {
   #finish(): void {
     if (this.#ended || this.#slots.length > 0 || this.#at < this.#items.length) return;
     this.#flush();
+    // nothing more is decoded or run: only the replies being written stay charged
+    this.#decoder.end();
+    this.#items = [];
+    this.#at = 0;
+    this.#itemsBytes = 0;
+    this.#recharge();
     this.#ended = true;
     this.socket.end();
     this.socket.resume();
-    this.socket.setTimeout(LINGER_MS, () => this.socket.destroy());
+    // a fixed deadline: a peer that keeps sending must not keep the connection (and its slot)
+    const linger = setTimeout(() => this.socket.destroy(), LINGER_MS);
+    linger.unref();
+    this.socket.once('close', () => clearTimeout(linger));
   }
 
   #expire(message: string, code: 'timeout' | 'unauthorized' = 'timeout'): void {
