@@ -27,7 +27,9 @@ import type { ClientConfig } from '../ops/config.js';
 import { CryptClient, ConnectionError, ServerError } from '../client/client.js';
 import type { ClientOptions } from '../client/client.js';
 import { OPERATIONS, operation } from '../core/operations.js';
-import type { Operation } from '../core/operations.js';
+import type { Operation, OptionSpec } from '../core/operations.js';
+import { optionValue } from '../core/dispatcher.js';
+import type { Role } from '../core/access.js';
 import { FileError, readSecret } from '../keys/files.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, closest, complain, flagOptions, parseOrExit, readAll } from './common.js';
@@ -52,7 +54,23 @@ function suggest(word: string): string {
   return guess ? `; did you mean ${guess}?` : '';
 }
 
-const positional = (o: Operation): string => (o.input === 'message' ? ' [MESSAGE..]' : o.input === 'token' ? ' [TOKEN]' : '');
+const positional = (o: Operation): string => (o.input === 'message' ? ' [MESSAGE..]' : o.input === 'token' ? ' [TOKEN]' : o.options.has('key') ? ' [KEY]' : '');
+
+/** An operation option as a flag: `auto_rotate` is --auto-rotate. */
+const flagOf = (name: string): string => name.replace(/_/g, '-');
+/** Every option of the commands, with the commands that take it. */
+const OPTION_FLAGS: ReadonlyMap<string, { name: string; spec: OptionSpec; commands: string[] }> = (() => {
+  const flags = new Map<string, { name: string; spec: OptionSpec; commands: string[] }>();
+  for (const o of COMMANDS) {
+    for (const [name, spec] of o.options) {
+      const entry = flags.get(flagOf(name)) ?? { name, spec, commands: [] };
+      entry.commands.push(o.command);
+      flags.set(flagOf(name), entry);
+    }
+  }
+  return flags;
+})();
+const OPTION_GROUP = 'Request options (each with the commands that take it):';
 
 function parser() {
   let y = yargs()
@@ -65,12 +83,16 @@ function parser() {
   }
   return y
     .options(flagOptions(CLIENT))
-    .option('ttl', { type: 'string', describe: 'de: refuse tokens older than this many seconds' })
+    .options(Object.fromEntries([...OPTION_FLAGS].map(([flag, { spec, commands }]) => [flag, { type: 'string', describe: `${commands.join(', ')}: ${spec.describe}`, group: OPTION_GROUP }])))
+    .option('yes', { type: 'boolean', describe: 'kd: yes, delete the key and every token made with it (confirm=true)', group: OPTION_GROUP })
     .example('$0 en "hello"', 'print a token for hello')
     .example('$0 de gAAAAAB...', 'print the plaintext of a token')
     .example('$0 en - < file.bin > file.token', 'encrypt a file byte for byte')
     .example('$0 en -- -starts-with-a-dash', 'words after -- are the message, whatever they look like')
     .example('$0 inspect gAAAAAB...', "a token's age and the key that verifies it")
+    .example('$0 en --key billing "invoice 42"', 'encrypt with the named key billing')
+    .example('$0 de --key users --context dGVuYW50LTQy gAAAAAB...', 'decrypt with the derived key users, for one tenant')
+    .example('$0 kc users --derived', 'create a derived key (admin)')
     .example('$0', 'a prompted session: operation, then message or token, until quit')
     .epilogue('Exit codes: 0 ok, 1 the server refused the request, 2 usage error, 3 server unreachable or not a crypt-server.')
     .strict()
@@ -82,13 +104,14 @@ function parser() {
 }
 
 /** Flags that take a value, so that the word after them is not read as the command or message. */
-const VALUED = new Set([...CLIENT.filter((x) => x.flag !== null && x.kind !== 'boolean').map((x) => `--${x.flag}`), '--ttl']);
+const VALUED = new Set([...CLIENT.filter((x) => x.flag !== null && x.kind !== 'boolean').map((x) => `--${x.flag}`), ...[...OPTION_FLAGS].filter(([, o]) => o.spec.kind !== 'bool').map(([flag]) => `--${flag}`)]);
 const isOption = (word: string): boolean => word.startsWith('-') && word !== '-' && !/^-\d/.test(word);
 
 /**
  * Splits argv into what yargs parses (options and the command) and the words after the command:
  * the first word after the command starts the message (or token), and everything after it is
  * message too, options or not; `--` starts it explicitly. `afterDashes` says the words came after `--`.
+ * A command that takes no message (kc, ks...) leaves everything to yargs.
  */
 export function splitArgv(argv: readonly string[]): { head: string[]; words: string[]; afterDashes: boolean } {
   const head: string[] = [];
@@ -105,6 +128,8 @@ export function splitArgv(argv: readonly string[]): { head: string[]; words: str
       }
       command = true;
       head.push(word);
+      // a command without a message or token (ks billing --exportable) has no message to protect
+      if (commandOf(word)?.input === 'none') return { head: [...head, ...argv.slice(i + 1)], words: [], afterDashes: false };
       continue;
     }
     head.push(word);
@@ -121,21 +146,21 @@ export async function run(argv: string[], io: Io): Promise<number> {
     if (typeof word !== 'string') return null;
     const op = commandOf(word);
     if (!op) return `unknown command ${/^[\w.-]{1,40}$/.test(word) ? word : '(unprintable)'}: the commands are ${NAMES}${suggest(word)}`;
+    if (/^Unknown argument/.test(message) && op.input === 'none') return `${op.command} takes ${op.options.has('key') ? 'one key name' : 'no argument'}: ${PROGRAM} ${op.command}${op.options.has('key') ? ' <key>' : ''}${[...op.options.keys()].filter((k) => k !== 'key').map((k) => ` [--${flagOf(k)} ...]`).join('')}`;
     if (/^Unknown argument/.test(message)) return `${message}: to ${op.title} words that start with -, put them after --: ${PROGRAM} ${op.command} -- <${op.input === 'message' ? 'message' : 'token'}>`;
     return null;
   });
   if (typeof args === 'number') return args;
   let config: ClientConfig;
-  let ttl: number | undefined;
   let ca: Buffer | undefined;
   let token: string | undefined;
+  const name = (args._ as string[])[0];
+  const op = name === undefined ? undefined : commandOf(name)!;
+  let requestOptions: Record<string, string>;
   try {
     // no .env for the client: one in a directory you happen to be in could send your token elsewhere
     config = clientConfig({ flags: args, env: io.env, dotenv: {} });
-    if (args.ttl !== undefined) {
-      if (!/^\d{1,15}$/.test(String(args.ttl))) throw new ConfigError(`--ttl: expected a whole number of seconds, got ${JSON.stringify(args.ttl)}`);
-      ttl = Number(args.ttl);
-    }
+    requestOptions = optionsOf(args, op);
     if (config.ca) ca = await readFile(config.ca).catch((err: NodeJS.ErrnoException) => {
       throw new ConfigError(`cannot read CA file ${config.ca} (--ca): ${err.code ?? 'error'}`);
     });
@@ -153,25 +178,19 @@ export async function run(argv: string[], io: Io): Promise<number> {
   }
   if (args.token !== undefined) complain(io, PROGRAM, 'warning: --token puts the secret in the process list, where other local users can read it; use CRYPT_TOKEN or --token-file');
   const options: ClientOptions = { host: config.host, port: config.port, tls: config.tls, ca, token, timeoutMs: config.timeout * 1000 };
-  const name = (args._ as string[])[0];
-  if (name === undefined) {
+  if (op === undefined) {
     if (tail.length > 0) {
       complain(io, PROGRAM, `words after -- need a command first: ${PROGRAM} en -- <message>`);
       return EXIT.usage;
     }
-    return session(options, io, ttl);
-  }
-  const op = commandOf(name)!;
-  if (ttl !== undefined && op.command !== 'de') {
-    complain(io, PROGRAM, '--ttl goes with de only');
-    return EXIT.usage;
+    return session(options, io, requestOptions);
   }
   const input = await inputOf(op, tail, io, afterDashes);
   if (typeof input === 'number') return input;
   let client: CryptClient | null = null;
   try {
     client = await CryptClient.connect(options);
-    const result = await client.call(op, input, ttl === undefined ? undefined : { ttl });
+    const result = await client.call(op, input, requestOptions);
     write(io, result, true);
     return EXIT.ok;
   } catch (err) {
@@ -179,6 +198,44 @@ export async function run(argv: string[], io: Io): Promise<number> {
   } finally {
     await client?.close();
   }
+}
+
+/**
+ * The request options given as flags (and a none-input command's KEY word), checked as the
+ * server checks them; a flag the command does not take is a usage error. Without a command (a
+ * session) they apply to every command that takes them.
+ */
+function optionsOf(args: Record<string, unknown>, op: Operation | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  const given = (flag: string): unknown => args[flag];
+  for (const [flag, { name, spec, commands }] of OPTION_FLAGS) {
+    let value = given(flag);
+    if (value === undefined) continue;
+    if (Array.isArray(value)) throw new ConfigError(`--${flag} given more than once`);
+    if (op && !op.options.has(name)) throw new ConfigError(`--${flag} goes with ${commands.join(', ')}, not ${op.command}`);
+    // a bool flag alone (--derived) means true
+    if (spec.kind === 'bool' && value === '') value = 'true';
+    try {
+      optionValue(`--${flag}`, spec, value);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+    out[name] = String(value);
+  }
+  if (args.yes === true) {
+    if (op && !op.options.has('confirm')) throw new ConfigError(`--yes goes with kd, not ${op.command}`);
+    out.confirm = 'true';
+  }
+  const word = args.KEY;
+  if (word !== undefined && op) {
+    if (out.key !== undefined) throw new ConfigError(`give the key once: ${PROGRAM} ${op.command} <key>, or --key <key>`);
+    try {
+      out.key = String(optionValue('key', op.options.get('key')!, String(word)));
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
+  return out;
 }
 
 /** The payload of an argv command, or a usage exit code (the message already on stderr). */
@@ -233,14 +290,15 @@ function report(io: Io, err: unknown): number {
 }
 
 /** The prompted session: operation, then message or token, until quit, Ctrl-C or end of input. */
-async function session(options: ClientOptions, io: Io, ttl: number | undefined): Promise<number> {
+async function session(options: ClientOptions, io: Io, requestOptions: Record<string, string>): Promise<number> {
   let client: CryptClient;
   try {
     client = await CryptClient.connect(options);
   } catch (err) {
     return report(io, err);
   }
-  const offered = COMMANDS.filter((o) => client.role !== 'user' || o.role !== 'admin');
+  // a token's role says what it may run; without one (no tokens, or an admin) everything is offered
+  const offered = COMMANDS.filter((o) => client.role === null || client.role === 'admin' || (o.roles ?? []).includes(client.role as Role));
   const names = [...offered.map((o) => o.command), 'help', 'quit'].join(', ');
   const terminal = Boolean(io.stdin.isTTY);
   const rl = createInterface({ input: io.stdin, output: io.stderr, terminal, historySize: terminal ? 100 : 0 });
@@ -263,7 +321,8 @@ async function session(options: ClientOptions, io: Io, ttl: number | undefined):
     if (terminal) io.stderr.write('\n');
     return failed ? EXIT.failed : EXIT.ok;
   };
-  if (terminal) io.stderr.write(`connected to ${options.host}:${options.port}${client.role ? ` as ${client.role}` : ''}; operations: ${names}\n`);
+  const chosen = [requestOptions.key && `key ${requestOptions.key}`, requestOptions.context && 'a context'].filter(Boolean).join(' and ');
+  if (terminal) io.stderr.write(`connected to ${options.host}:${options.port}${client.role ? ` as ${client.role}` : ''}${chosen ? `, with ${chosen}` : ''}; operations: ${names}\n`);
   try {
     for (;;) {
       const answer = await ask(`operation (${names})> `);
@@ -282,6 +341,20 @@ async function session(options: ClientOptions, io: Io, ttl: number | undefined):
         continue;
       }
       let input = Buffer.alloc(0);
+      // the flags the session started with, for the commands that take them
+      const given = Object.fromEntries(Object.entries(requestOptions).filter(([k]) => op.options.has(k)));
+      if (op.options.get('key')?.required && given.key === undefined) {
+        const line = await ask('key> ');
+        if (line === null) return done();
+        given.key = line.trim();
+        try {
+          optionValue('key', op.options.get('key')!, given.key);
+        } catch (err) {
+          io.stderr.write(`error: ${(err as Error).message}\n`);
+          failed = true;
+          continue;
+        }
+      }
       if (op.input !== 'none') {
         const line = await ask(`${op.input}> `);
         if (line === null) return done();
@@ -289,7 +362,7 @@ async function session(options: ClientOptions, io: Io, ttl: number | undefined):
       }
       try {
         if (client.closed) client = await CryptClient.connect(options);
-        write(io, await client.call(op, input, op.command === 'de' && ttl !== undefined ? { ttl } : undefined), false);
+        write(io, await client.call(op, input, given), false);
       } catch (err) {
         if (!(err instanceof ServerError)) return report(io, err);
         io.stderr.write(`error: ${err.code}: ${err.message}\n`);

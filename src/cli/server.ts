@@ -15,6 +15,9 @@ import { openKeyring, startServer } from '../ops/startup.js';
 import { LEAD, isWorker, runPrimary, workerDone, workerReady } from '../ops/cluster.js';
 import { CryptError } from '../core/errors.js';
 import { FileError } from '../keys/files.js';
+import { readBackup, writeBackup } from '../keys/backup.js';
+import { CryptService } from '../core/service.js';
+import { optionValue } from '../core/dispatcher.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, complain, flagOptions, parseOrExit } from './common.js';
 import type { Io } from './common.js';
@@ -24,19 +27,28 @@ const PROGRAM = 'crypt-server';
 function parser(): Argv {
   return yargs()
     .scriptName(PROGRAM)
-    .usage('Usage: $0 [options]\n       $0 keys <init|list|rotate|retire|activate> [id]\n\nEncryption as a service: serves Fernet encryption over TCP, and HTTP with --http.')
+    .usage('Usage: $0 [options]\n       $0 keys <action> [name or id]\n\nEncryption as a service: serves Fernet encryption over TCP, and HTTP with --http.')
     .command('$0', 'serve (the default)')
-    .command('keys <action> [id]', 'manage the keyring: init, list [--json], rotate, retire <id>, activate <id>', (y) =>
-      y.positional('action', { choices: ['init', 'list', 'rotate', 'retire', 'activate'] as const, describe: 'what to do' })
-        .positional('id', { type: 'string', describe: 'key id, for retire and activate' })
-        .option('json', { type: 'boolean', describe: 'list: print {"keys": [...]} as JSON' }),
+    .command('keys <action> [args..]', `manage the keyring: ${KEY_ACTIONS.join(', ')}`, (y) =>
+      y.positional('action', { choices: KEY_ACTIONS, describe: 'what to do' })
+        .positional('args', { type: 'string', array: true, describe: 'a key name (show, create, config, rotate, delete, backup), a version id (retire, activate), a file (restore)' })
+        .option('json', { type: 'boolean', describe: 'list, show: print JSON' })
+        .option('derived', { type: 'boolean', describe: 'create: requests bring a context; their keys are derived from it' })
+        .option('exportable', { type: 'string', describe: 'create: gk and backups may export it; config: true or false' })
+        .option('deletion-allowed', { type: 'string', describe: 'config: true or false' })
+        .option('auto-rotate', { type: 'string', describe: 'config: a period of at least 1h (24h, 30d) or off' })
+        .option('yes', { type: 'boolean', describe: 'delete: yes, destroy the key and every token made with it' })
+        .option('output', { alias: 'o', type: 'string', describe: 'backup: the file to write (a new one)' })
+        .option('force', { type: 'boolean', describe: 'restore: replace a key of the same name' }),
     )
     .options(flagOptions(SERVER))
     .example('$0 --port 8000', 'serve TCP on 127.0.0.1:8000')
     .example('$0 --http', 'serve TCP on 8000 and HTTP on 8080')
     .example('$0 keys init --keyring /var/lib/crypt/keyring.json', 'create a keyring where you want it')
-    .example('$0 keys rotate', 'make a new primary key (servers pick it up within 2 s)')
-    .example('$0 keys list --json', 'show key ids, states and creation times')
+    .example('$0 keys create billing', 'a new named key (requests choose it with key=billing)')
+    .example('$0 keys create users --derived', 'a derived key: each request brings a tenant context')
+    .example('$0 keys rotate billing', 'a new primary version (running servers pick it up within 2 s)')
+    .example('$0 keys list', 'every key: settings, primary version, versions')
     .epilogue('Settings come from flags, then the environment, then .env in the working directory. Docs: README.md, docs/protocol.md')
     .strict()
     .help()
@@ -73,27 +85,45 @@ async function serve(config: ServerConfig, io: Io, signals: NodeJS.EventEmitter)
   }
   // with --workers, one worker (the lead) logs what every worker would: n copies say nothing more
   const quiet = isWorker() && io.env[LEAD] !== '1';
+  // listened for before starting, so that a signal during startup stops the server once it is up
+  const listening = new AbortController();
+  const stop = Promise.race([once(signals, 'SIGINT', { signal: listening.signal }), once(signals, 'SIGTERM', { signal: listening.signal })]) as Promise<[string | undefined]>;
+  stop.catch(() => undefined);
   let server;
   try {
     server = await startServer(config, log, { stderr: io.stderr, quiet });
   } catch (err) {
+    listening.abort();
     complain(io, PROGRAM, (err as Error).message);
     workerDone();
     return EXIT.failed;
   }
   if (isWorker()) workerReady(signals);
-  const [signal] = (await Promise.race([once(signals, 'SIGINT'), once(signals, 'SIGTERM')])) as [string | undefined];
+  const [signal] = await stop;
+  listening.abort();
   (quiet ? log.debug : log.info).call(log, { signal: signal ?? 'signal' }, 'signal received');
   await server.close();
   workerDone();
   return EXIT.ok;
 }
 
+const KEY_ACTIONS = ['init', 'list', 'show', 'create', 'config', 'rotate', 'retire', 'activate', 'delete', 'backup', 'restore'] as const;
+type KeyAction = (typeof KEY_ACTIONS)[number];
+const yesNo = (b: boolean): string => (b ? 'yes' : 'no');
+const period = (seconds: number | null): string => (seconds === null ? 'off' : seconds % 86_400 === 0 ? `${seconds / 86_400}d` : seconds % 3600 === 0 ? `${seconds / 3600}h` : `${seconds}s`);
+const BOOL = { kind: 'bool', field: 'exportable', describe: '' } as const;
+const PERIOD = { kind: 'period', field: 'autoRotate', describe: '' } as const;
+
 async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io): Promise<number> {
-  const action = args.action as 'init' | 'list' | 'rotate' | 'retire' | 'activate';
-  const id = args.id as string | undefined;
-  if ((action === 'retire' || action === 'activate') && !id) {
-    complain(io, PROGRAM, `keys ${action} needs a key id: see ${PROGRAM} keys list`);
+  const action = args.action as KeyAction;
+  const [arg] = ((args.args as string[] | undefined) ?? []).map(String);
+  const needs = new Map<KeyAction, string>([['show', 'a key name'], ['create', 'a key name'], ['config', 'a key name'], ['delete', 'a key name'], ['backup', 'a key name'], ['retire', 'a version id'], ['activate', 'a version id'], ['restore', 'a backup file']]);
+  if (needs.has(action) && !arg) {
+    complain(io, PROGRAM, `keys ${action} needs ${needs.get(action)}: see ${PROGRAM} keys list`);
+    return EXIT.usage;
+  }
+  if (action === 'backup' && !args.output) {
+    complain(io, PROGRAM, 'keys backup needs a file to write: -o <file>');
     return EXIT.usage;
   }
   try {
@@ -101,29 +131,79 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
       if (config.fernetKeys !== undefined) throw new FileError('keys come from FERNET_KEYS: there is no keyring file to create');
       const { keyring, created } = await openKeyring({ ...config, init: true, keyringDefault: false });
       if (!created) throw new FileError(`keyring ${keyring.file} exists already; nothing was changed`);
-      io.stdout.write(`created ${keyring.file} with one key (${keyring.current.primary.id}): back it up, it holds every key\n`);
+      io.stdout.write(`created ${keyring.file} with the key default (${keyring.current.primary.id}): back it up, it holds every key\n`);
       return EXIT.ok;
     }
     const { keyring } = await openKeyring({ ...config, init: false, keyringDefault: false }).catch((err: unknown) => {
       if (err instanceof FileError && /does not exist/.test(err.message)) throw new FileError(`no keyring at ${config.keyring}: create one with ${PROGRAM} keys init (or start the server with --init)`);
       throw err;
     });
+    const service = new CryptService(keyring, { maxKeys: config.maxKeys });
+    const say = (line: string): void => void io.stdout.write(line + '\n');
     switch (action) {
       case 'list': {
-        const info = keyring.current.info();
-        if (args.json) io.stdout.write(JSON.stringify({ keys: info }) + '\n');
-        else io.stdout.write([`${'ID'.padEnd(12)}  ${'STATE'.padEnd(7)}  CREATED`, ...info.map((k) => `${k.id}  ${k.state.padEnd(7)}  ${k.created ?? '-'}`)].join('\n') + '\n');
+        const { keys: all } = service.keyInfo();
+        if (args.json) return say(JSON.stringify({ keys: all })), EXIT.ok;
+        const rows = all.map((k) => [k.name, yesNo(k.derived), yesNo(k.exportable), period(k.auto_rotate), k.primary, `${k.versions.length}${k.versions.some((v) => v.state === 'retired') ? ` (${k.versions.filter((v) => v.state === 'retired').length} retired)` : ''}`]);
+        say(table(['NAME', 'DERIVED', 'EXPORTABLE', 'AUTO-ROTATE', 'PRIMARY', 'VERSIONS'], rows));
+        break;
+      }
+      case 'show': {
+        const k = service.showKey(arg!);
+        if (args.json) return say(JSON.stringify(k)), EXIT.ok;
+        say(`key ${k.name}: ${k.derived ? 'derived' : 'not derived'}, ${k.exportable ? 'exportable' : 'not exportable'}, deletion ${k.deletion_allowed ? 'allowed' : 'not allowed'}, automatic rotation ${period(k.auto_rotate)}`);
+        say(table(['ID', 'STATE', 'CREATED'], k.versions.map((v) => [v.id, v.state, v.created ?? '-'])));
+        break;
+      }
+      case 'create': {
+        const exportable = args.exportable === undefined ? false : args.exportable === '' || (optionValue('--exportable', BOOL, args.exportable) as boolean);
+        const k = await service.createKey(arg!, { derived: Boolean(args.derived), exportable });
+        say(`created: ${k.name}${k.derived ? ' (derived: requests bring a context)' : ''}${k.exportable ? ', exportable' : ''}, primary version ${k.primary}`);
+        break;
+      }
+      case 'config': {
+        const change = {
+          exportable: args.exportable === undefined ? undefined : (optionValue('--exportable', BOOL, args.exportable) as boolean),
+          deletionAllowed: args['deletion-allowed'] === undefined ? undefined : (optionValue('--deletion-allowed', BOOL, args['deletion-allowed']) as boolean),
+          autoRotate: args['auto-rotate'] === undefined ? undefined : (optionValue('--auto-rotate', PERIOD, args['auto-rotate']) as number | null),
+        };
+        const k = await service.configureKey(arg!, change);
+        say(`configured: ${k.name}: ${k.exportable ? 'exportable' : 'not exportable'}, deletion ${k.deletion_allowed ? 'allowed' : 'not allowed'}, automatic rotation ${period(k.auto_rotate)}`);
         break;
       }
       case 'rotate': {
-        const set = await keyring.update((s) => s.rotated(new Date(), config.maxKeys));
-        io.stdout.write(`rotated: ${set.primary.id} is the new primary key\n`);
+        const v = await service.rotate(arg);
+        say(`rotated ${arg ?? 'default'}: ${v.id} is the new primary version`);
         break;
       }
-      default:
-        await keyring.update((s) => s.withState(id!, action === 'retire' ? 'retired' : 'active'));
-        io.stdout.write(`${action === 'retire' ? 'retired' : 'activated'}: ${id}\n`);
+      case 'retire':
+      case 'activate': {
+        const owner = keyring.book.keyOf(arg!);
+        if (!owner) throw new CryptError('not_found', `no key version with id ${arg}: see ${PROGRAM} keys list`);
+        await keyring.update((s) => s.withState(arg!, action === 'retire' ? 'retired' : 'active'), owner.name);
+        say(`${action === 'retire' ? 'retired' : 'activated'}: ${arg} (key ${owner.name})`);
         break;
+      }
+      case 'delete': {
+        const gone = await service.deleteKey(arg!, Boolean(args.yes));
+        say(`deleted: ${gone.deleted}`);
+        break;
+      }
+      case 'backup': {
+        const set = keyring.book.key(arg!);
+        await writeBackup(set, String(args.output));
+        say(`backed up ${set.name} (${set.info().length} versions) to ${String(args.output)}: keep it as private as the keyring`);
+        break;
+      }
+      case 'restore': {
+        const set = await readBackup(arg!);
+        await keyring.updateBook((b) => {
+          if (b.get(set.name) && !args.force) throw new CryptError('conflict', `a key named ${set.name} exists already: restore with --force to replace it`);
+          return b.with(set);
+        });
+        say(`restored: ${set.name} (${set.info().length} versions)`);
+        break;
+      }
     }
     return EXIT.ok;
   } catch (err) {
@@ -131,4 +211,10 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
     complain(io, PROGRAM, err.message);
     return EXIT.failed;
   }
+}
+
+/** A plain text table: a header row and rows, columns padded. */
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows].map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
 }

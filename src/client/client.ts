@@ -15,7 +15,7 @@ import tls from 'node:tls';
 import { once } from 'node:events';
 import { encodeRequest } from '../wire/frames.js';
 import { ReplyDecoder, ReplyError } from '../wire/replies.js';
-import type { KeyInfo } from '../keys/keyring.js';
+import type { KeyDetails, KeyInfo } from '../keys/keyring.js';
 import type { Operation } from '../core/operations.js';
 import type { TokenFacts } from '../core/service.js';
 
@@ -159,46 +159,52 @@ export class CryptClient {
   }
 
   /** Sends one request; resolves with the reply value, rejects with ServerError or ConnectionError. */
-  request(command: string, payload: Uint8Array = Buffer.alloc(0), options?: Record<string, string | number>): Promise<Buffer> {
+  request(command: string, payload: Uint8Array = Buffer.alloc(0), options?: RequestOptions): Promise<Buffer> {
     if (this.#failure) return Promise.reject(this.#failure);
+    let frame: Buffer;
+    try {
+      frame = encodeRequest(command, payload, options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise((resolve, reject) => {
       this.#pending.push({ resolve, reject });
-      this.#socket.write(encodeRequest(command, payload, options));
+      this.#socket.write(frame);
     });
   }
 
-  /** Encrypts bytes or a UTF-8 string; resolves with the token. */
-  async encrypt(data: Uint8Array | string): Promise<string> {
-    return this.#token(await this.request('en', typeof data === 'string' ? Buffer.from(data) : data));
+  /** Encrypts bytes or a UTF-8 string, with the key `default` or the one chosen; resolves with the token. */
+  async encrypt(data: Uint8Array | string, keys?: KeyChoice): Promise<string> {
+    return this.#token(await this.request('en', typeof data === 'string' ? Buffer.from(data) : data, choice(keys)));
   }
 
   /** Decrypts a token, optionally refusing it when older than ttl seconds. */
-  decrypt(token: string, ttl?: number): Promise<Buffer> {
-    return this.request('de', Buffer.from(token, 'latin1'), ttl === undefined ? undefined : { ttl });
+  decrypt(token: string, ttl?: number, keys?: KeyChoice): Promise<Buffer> {
+    return this.request('de', Buffer.from(token, 'latin1'), { ttl, ...choice(keys) });
   }
 
-  /** Re-encrypts a token under the primary key. */
-  async rewrap(token: string): Promise<string> {
-    return this.#token(await this.request('rw', Buffer.from(token, 'latin1')));
+  /** Re-encrypts a token under the primary version of its key. */
+  async rewrap(token: string, keys?: KeyChoice): Promise<string> {
+    return this.#token(await this.request('rw', Buffer.from(token, 'latin1'), choice(keys)));
   }
 
-  /** The server's primary key (admin). */
-  async getKey(): Promise<string> {
-    const key = (await this.request('gk')).toString('latin1');
+  /** A key's primary version (admin, an exportable key only). */
+  async getKey(name?: string): Promise<string> {
+    const key = (await this.request('gk', undefined, { key: name })).toString('latin1');
     if (!KEY.test(key)) throw this.#unexpected('a key');
     return key;
   }
 
-  /** Rotates the keys (admin); resolves with the new primary key's public facts. */
-  async rotate(): Promise<KeyInfo> {
-    const info = this.#json(await this.request('rk'), 'key facts');
+  /** Rotates a key (admin; `default` when none is named); resolves with its new primary version's public facts. */
+  async rotate(name?: string): Promise<KeyInfo> {
+    const info = this.#json(await this.request('rk', undefined, { key: name }), 'key facts');
     if (!isKeyInfo(info)) throw this.#unexpected('key facts');
     return info;
   }
 
-  /** A token's creation time and the key that verifies it (never its plaintext). */
-  async inspect(token: string): Promise<TokenFacts> {
-    const facts = this.#json(await this.request('in', Buffer.from(token, 'latin1')), 'token facts') as Partial<TokenFacts>;
+  /** A token's creation time and the key version that verifies it (never its plaintext). */
+  async inspect(token: string, keys?: KeyChoice): Promise<TokenFacts> {
+    const facts = this.#json(await this.request('in', Buffer.from(token, 'latin1'), choice(keys)), 'token facts') as Partial<TokenFacts>;
     if (typeof facts.timestamp !== 'number' || !(facts.key_id === null || typeof facts.key_id === 'string')) throw this.#unexpected('token facts');
     return facts as TokenFacts;
   }
@@ -207,7 +213,7 @@ export class CryptClient {
    * Runs any operation of the table, its reply checked for the shape of its result: a token or a
    * key as text, a plaintext as bytes, JSON as an object.
    */
-  async call(op: Operation, payload: Uint8Array = Buffer.alloc(0), options?: Record<string, string | number>): Promise<string | Buffer | object> {
+  async call(op: Operation, payload: Uint8Array = Buffer.alloc(0), options?: RequestOptions): Promise<string | Buffer | object> {
     const reply = await this.request(op.command, payload, options);
     switch (op.result) {
       case 'token':
@@ -226,11 +232,32 @@ export class CryptClient {
     }
   }
 
-  /** Public facts about the server's keys. */
-  async keyInfo(): Promise<{ keys: KeyInfo[] }> {
+  /** Public facts about the named keys this connection may use. */
+  async keyInfo(): Promise<{ keys: KeyDetails[] }> {
     const info = this.#json(await this.request('ki'), 'key facts') as { keys?: unknown };
-    if (!Array.isArray(info.keys) || !info.keys.every(isKeyInfo)) throw this.#unexpected('key facts');
-    return info as { keys: KeyInfo[] };
+    if (!Array.isArray(info.keys) || !info.keys.every(isKeyDetails)) throw this.#unexpected('key facts');
+    return info as { keys: KeyDetails[] };
+  }
+
+  /** Public facts about one named key. */
+  async showKey(name: string): Promise<KeyDetails> {
+    return this.#details(await this.request('ks', undefined, { key: name }));
+  }
+
+  /** Creates a named key (admin). */
+  async createKey(name: string, settings: { derived?: boolean; exportable?: boolean } = {}): Promise<KeyDetails> {
+    return this.#details(await this.request('kc', undefined, { key: name, derived: settings.derived, exportable: settings.exportable }));
+  }
+
+  /** Changes a named key's settings (admin); auto_rotate is seconds, a period such as `30d`, or `off`. */
+  async configureKey(name: string, change: { exportable?: boolean; deletion_allowed?: boolean; auto_rotate?: number | string }): Promise<KeyDetails> {
+    return this.#details(await this.request('kf', undefined, { key: name, ...change }));
+  }
+
+  /** Deletes a named key, every version of it (admin; only when its settings allow it). */
+  async deleteKey(name: string): Promise<void> {
+    const r = this.#json(await this.request('kd', undefined, { key: name, confirm: true }), 'a deletion') as { deleted?: unknown };
+    if (r.deleted !== name) throw this.#unexpected('a deletion');
   }
 
   /** True once the connection has failed or closed. */
@@ -291,6 +318,12 @@ export class CryptClient {
     return token;
   }
 
+  #details(reply: Buffer): KeyDetails {
+    const details = this.#json(reply, 'key facts');
+    if (!isKeyDetails(details)) throw this.#unexpected('key facts');
+    return details;
+  }
+
   #json(reply: Buffer, what: string): object {
     try {
       const value = JSON.parse(reply.toString('utf8')) as unknown;
@@ -300,6 +333,23 @@ export class CryptClient {
     }
     throw this.#unexpected(what);
   }
+}
+
+/** The named key of a request, and the context of a derived key (bytes, or base64url text). */
+export interface KeyChoice {
+  key?: string | undefined;
+  context?: Uint8Array | string | undefined;
+}
+
+/** Options of a request, as the TCP head carries them. */
+export type RequestOptions = Readonly<Record<string, string | number | boolean | undefined>>;
+
+const choice = (keys: KeyChoice | undefined): RequestOptions | undefined =>
+  keys && { key: keys.key, context: typeof keys.context === 'string' || keys.context === undefined ? keys.context : Buffer.from(keys.context).toString('base64url') };
+
+function isKeyDetails(value: unknown): value is KeyDetails {
+  const v = value as Partial<KeyDetails> | null;
+  return typeof v === 'object' && v !== null && typeof v.name === 'string' && typeof v.primary === 'string' && Array.isArray(v.versions) && v.versions.every(isKeyInfo);
 }
 
 function isKeyInfo(value: unknown): value is KeyInfo {

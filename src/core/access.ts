@@ -2,16 +2,21 @@
  * Access control: who may run which operation, and how often one may guess a secret.
  *
  * Rules:
- * - Access tokens live in a file, one `<role> <secret>` per line, the secret in clear or as
- *   `sha256:<hex>`. Only SHA-256 digests are kept in memory; a presented secret (its exact bytes,
- *   whatever the transport) is hashed and compared with every entry in constant time.
+ * - Access tokens live in a file, one `<role> <secret> [keys=<pattern>,...] [expires=<ISO date>]`
+ *   per line, the secret in clear or as `sha256:<hex>`. Only SHA-256 digests are kept in memory;
+ *   a presented secret (its exact bytes, whatever the transport) is hashed and compared with
+ *   every entry in constant time. A secret on several lines takes the first.
+ * - Roles: `admin` runs everything; `user` the data operations (en, de, rw, in) and key listing;
+ *   `encrypt` only en; `decrypt` only de and in. The operations table says which roles each
+ *   operation takes. A token's `keys=` patterns (`billing`, `tenant-*`, `*`; `*` when absent)
+ *   limit the named keys it may use: outside them, `forbidden`, whether the key exists or not.
+ *   A token past its `expires` is `unauthorized`.
  * - Fail closed: a secret grants a role only while a valid line of the current file holds it. A
  *   file that becomes empty, unreadable, unsafe or missing grants nothing (the server keeps
  *   running, refuses, and logs why); a bad line grants nothing and is logged.
- * - With tokens configured, every operation but `au` needs a role; `user` may run the data
- *   operations, `admin` everything. With none configured, loopback callers are admins, others
- *   (reachable only with --insecure) users, and presenting a secret is refused: a server that
- *   forgot --tokens-file must not look authenticated.
+ * - With tokens configured, every operation but `au` needs a role. With none configured,
+ *   loopback callers are admins, others (reachable only with --insecure) users, and presenting
+ *   a secret is refused: a server that forgot --tokens-file must not look authenticated.
  * - Failed authentications are counted for the connection's whole life (a success does not reset
  *   them) and per peer address across connections and transports; past either budget the caller
  *   is refused without the secret being checked. One log line per period sums them up.
@@ -24,7 +29,8 @@ import { FileError, Serial, readSecret, watchForChanges } from '../keys/files.js
 import type { Operation, Payload } from './operations.js';
 
 /** A role an access token grants. */
-export type Role = 'user' | 'admin';
+export type Role = 'admin' | 'user' | 'encrypt' | 'decrypt';
+const ROLES: ReadonlySet<string> = new Set(['admin', 'user', 'encrypt', 'decrypt']);
 
 /** Who is calling, from where, and what it has proven. */
 export interface Caller {
@@ -39,6 +45,10 @@ export interface Caller {
   digest: Buffer | null;
   /** The tokens' generation the role was checked against. */
   generation: number;
+  /** The key names the token covers; null for all. */
+  scope: readonly RegExp[] | null;
+  /** When the token stops working, in milliseconds since the epoch; null for never. */
+  expires: number | null;
   /** Failed authentications on this connection. */
   failures: number;
 }
@@ -46,7 +56,7 @@ export interface Caller {
 /** A new caller, before any authentication. */
 export function newCaller(transport: Caller['transport'], peer: string | undefined): Caller {
   const address = peer ?? '';
-  return { transport, peer: address, loopback: isLoopback(address), role: null, tokenId: null, digest: null, generation: -1, failures: 0 };
+  return { transport, peer: address, loopback: isLoopback(address), role: null, tokenId: null, digest: null, generation: -1, scope: null, expires: null, failures: 0 };
 }
 
 /** True for loopback addresses (127.0.0.0/8, ::1, and IPv4-mapped loopback). */
@@ -63,6 +73,14 @@ export const MAX_SECRET = 1024;
 interface Entry {
   role: Role;
   digest: Buffer;
+  scope: readonly RegExp[] | null;
+  expires: number | null;
+}
+
+/** A key pattern as a RegExp: `*` matches any run of key-name characters. */
+function pattern(text: string): RegExp | null {
+  if (!/^[a-z0-9*][a-z0-9._*-]{0,63}$/.test(text)) return null;
+  return new RegExp(`^${text.replace(/[.]/g, '\\.').replace(/\*/g, '[a-z0-9._-]*')}$`);
 }
 
 const sha256 = (secret: Payload): Buffer => createHash('sha256').update(secret).digest();
@@ -71,25 +89,42 @@ const sha256 = (secret: Payload): Buffer => createHash('sha256').update(secret).
 export const tokenIdOf = (digest: Buffer): string => createHash('sha256').update('crypt token id v1\0').update(digest).digest('hex').slice(0, 12);
 
 /** Parses a tokens file: the valid entries, and a message per bad line (naming the line, never its secret). */
-export function parseTokens(text: string): { entries: Entry[]; problems: string[] } {
+export function parseTokens(text: string, now = Date.now()): { entries: Entry[]; problems: string[] } {
   const entries: Entry[] = [];
   const problems: string[] = [];
   text.split('\n').forEach((raw, i) => {
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) return;
-    const m = /^(\S+)\s+(\S+)$/.exec(line);
+    const [role, secret, ...extras] = line.split(/\s+/) as [string, string | undefined, ...string[]];
     const where = `line ${i + 1}`;
-    if (!m) return void problems.push(`${where}: expected "<role> <secret>"`);
-    const [, role, secret] = m as unknown as [string, string, string];
-    if (role !== 'user' && role !== 'admin') return void problems.push(`${where}: role must be user or admin`);
+    if (secret === undefined) return void problems.push(`${where}: expected "<role> <secret> [keys=<pattern>,...] [expires=<date>]"`);
+    if (!ROLES.has(role)) return void problems.push(`${where}: role must be admin, user, encrypt or decrypt`);
+    let scope: RegExp[] | null = null;
+    let expires: number | null = null;
+    for (const extra of extras) {
+      const eq = extra.indexOf('=');
+      const [name, value] = eq === -1 ? [extra, ''] : [extra.slice(0, eq), extra.slice(eq + 1)];
+      if (name === 'keys' && scope === null) {
+        const patterns = value.split(',').map(pattern);
+        if (value === '' || patterns.some((p) => p === null)) return void problems.push(`${where}: keys= takes key names or patterns such as billing,tenant-*`);
+        scope = patterns as RegExp[];
+      } else if (name === 'expires' && expires === null && /^\d{4}-\d{2}-\d{2}/.test(value) && !Number.isNaN(Date.parse(value))) {
+        expires = Date.parse(value);
+      } else {
+        return void problems.push(`${where}: expected "<role> <secret> [keys=<pattern>,...] [expires=<date>]", not "${/^[a-z]{1,10}$/.test(name) ? name : '...'}="`);
+      }
+    }
+    let digest: Buffer;
     if (secret.startsWith('sha256:')) {
       const hex = secret.slice(7);
       if (!/^[0-9a-fA-F]{64}$/.test(hex)) return void problems.push(`${where}: sha256: must be followed by 64 hex digits`);
-      entries.push({ role, digest: Buffer.from(hex, 'hex') });
+      digest = Buffer.from(hex, 'hex');
     } else {
       if (Buffer.byteLength(secret) < MIN_SECRET) return void problems.push(`${where}: secret shorter than ${MIN_SECRET} bytes (make one with: openssl rand -hex 32)`);
-      entries.push({ role, digest: sha256(secret) });
+      digest = sha256(secret);
     }
+    if (expires !== null && expires <= now) problems.push(`${where}: expired on ${new Date(expires).toISOString()}; it grants nothing`);
+    entries.push({ role: role as Role, digest, scope, expires });
   });
   return { entries, problems };
 }
@@ -117,7 +152,9 @@ export class AccessTokens extends EventEmitter {
    */
   static async load(file: string): Promise<AccessTokens> {
     const { entries, problems } = await read(file);
-    if (problems.length > 0) throw new FileError(`tokens file ${file}: ${problems.join('; ')}`);
+    // an expired token at startup is reported (by the file's owner, at reload) but grants nothing
+    const fatal = problems.filter((p) => !/: expired on /.test(p));
+    if (fatal.length > 0) throw new FileError(`tokens file ${file}: ${fatal.join('; ')}`);
     return new AccessTokens(file, entries);
   }
 
@@ -131,18 +168,18 @@ export class AccessTokens extends EventEmitter {
     return this.#entries.length;
   }
 
-  /** The role the SHA-256 of a secret grants, or null; constant time over all entries. */
-  verifyDigest(digest: Buffer): Role | null {
-    let role: Role | null = null;
+  /** The entry of the SHA-256 of a secret (the first, if several), or null; constant time over all entries. */
+  verifyDigest(digest: Buffer): Entry | null {
+    let found: Entry | null = null;
     for (const e of this.#entries) {
-      if (timingSafeEqual(digest, e.digest) && role !== 'admin') role = e.role;
+      if (timingSafeEqual(digest, e.digest) && found === null) found = e;
     }
-    return role;
+    return found;
   }
 
   /** The role a secret grants, or null. */
   verify(secret: Payload): Role | null {
-    return this.verifyDigest(sha256(secret));
+    return this.verifyDigest(sha256(secret))?.role ?? null;
   }
 
   /** Reloads now: the valid lines of the file are in force afterwards, none when it is unusable. */
@@ -284,25 +321,34 @@ export class Policy {
     const tokens = this.tokens;
     if (!tokens) return caller.loopback ? 'admin' : 'user';
     if (caller.digest && caller.generation !== tokens.generation) {
-      caller.role = tokens.verifyDigest(caller.digest);
+      const entry = tokens.verifyDigest(caller.digest);
       caller.generation = tokens.generation;
-      if (caller.role === null) {
-        caller.digest = null;
-        caller.tokenId = null;
-      }
+      this.#grant(caller, entry, caller.digest);
     }
     return caller.role;
   }
 
-  /** Throws unauthorized or forbidden unless the caller may run the operation. */
+  /** Throws unauthorized or forbidden unless the caller's role may run the operation (its key is checked by authorizeKey). */
   authorize(op: Operation, caller: Caller): void {
-    if (op.role === null) return;
+    if (op.roles === null) return;
     if (op.exportsKey && !this.getKey) throw new CryptError('forbidden', `key export is disabled on this server (--no-get-key): ${op.command} is refused to everyone`);
     const role = this.roleOf(caller);
     if (role === null) throw new CryptError('unauthorized', this.#howToAuthenticate(caller));
-    if (op.role === 'admin' && role !== 'admin') {
-      throw new CryptError('forbidden', this.tokens ? `${op.command} needs the admin role` : `${op.command} is answered to loopback clients only until access tokens are configured`);
+    if (caller.expires !== null && Date.now() >= caller.expires) throw new CryptError('unauthorized', 'this access token has expired');
+    if (role !== 'admin' && !op.roles.includes(role)) {
+      if (!this.tokens) throw new CryptError('forbidden', `${op.command} is answered to loopback clients only until access tokens are configured`);
+      throw new CryptError('forbidden', `${op.command} needs the ${['admin', ...op.roles].join(' or ')} role`);
     }
+  }
+
+  /** Throws forbidden unless the caller's token covers the named key (whether or not it exists). */
+  authorizeKey(caller: Caller, name: string): void {
+    if (!this.covers(caller, name)) throw new CryptError('forbidden', `this access token may not use the key ${name}`);
+  }
+
+  /** True when the caller's token covers the named key. */
+  covers(caller: Caller, name: string): boolean {
+    return caller.scope === null || caller.scope.some((p) => p.test(name));
   }
 
   /**
@@ -315,16 +361,23 @@ export class Policy {
     this.throttle.check(caller);
     if (caller.failures >= this.throttle.options.perConnection) throw new CryptError('unauthorized', 'too many failed authentications on this connection', { close: true });
     const digest = secret.length > MAX_SECRET ? null : sha256(secret);
-    const role = digest && tokens.verifyDigest(digest);
-    if (!digest || !role) {
+    const entry = digest && tokens.verifyDigest(digest);
+    if (!digest || !entry) {
       const close = this.throttle.failed(caller);
       throw new CryptError('unauthorized', close ? `invalid access token; closing after ${this.throttle.options.perConnection} failures` : 'invalid access token', { close });
     }
-    caller.role = role;
-    caller.digest = digest;
-    caller.tokenId = tokenIdOf(digest);
+    if (entry.expires !== null && Date.now() >= entry.expires) throw new CryptError('unauthorized', 'this access token has expired');
     caller.generation = tokens.generation;
-    return role;
+    this.#grant(caller, entry, digest);
+    return entry.role;
+  }
+
+  #grant(caller: Caller, entry: Entry | null, digest: Buffer): void {
+    caller.role = entry?.role ?? null;
+    caller.digest = entry ? digest : null;
+    caller.tokenId = entry ? tokenIdOf(digest) : null;
+    caller.scope = entry?.scope ?? null;
+    caller.expires = entry?.expires ?? null;
   }
 
   #howToAuthenticate(caller: Caller): string {

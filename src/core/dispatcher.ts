@@ -1,8 +1,9 @@
 /**
  * The dispatcher: the one place every request of every transport goes through.
- * `dispatch(operation, caller, input, options)` authorizes, checks the size and the options,
- * runs the operation (inline, or on the worker pool for large payloads), and reports one record
- * to its observers: who ran what, on which key, with what outcome, in how long.
+ * `dispatch(operation, caller, input, options)` authorizes (the role, then the token's scope for
+ * the named key), checks the size and the options, resolves the request's keys, runs the
+ * operation (inline, or on the worker pool for large payloads), and reports one record to its
+ * observers: who ran what, on which key, with what outcome, in how long.
  *
  * Rules:
  * - Transports decode bytes into (operation, input, options) and render what comes back; they
@@ -17,7 +18,9 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { CryptError, errorFields, toCryptError } from './errors.js';
 import { operation } from './operations.js';
-import type { Operation, Options, Payload, ResultKind, Results } from './operations.js';
+import type { Operation, OptionSpec, Options, Payload, ResultKind, Results } from './operations.js';
+import { DEFAULT_KEY, KEY_NAME, MIN_AUTO_ROTATE } from '../keys/keyring.js';
+import type { ResolvedKey } from '../keys/keyring.js';
 import type { CryptService } from './service.js';
 import type { Caller, Policy, Role } from './access.js';
 import { OFFLOAD_BYTES } from './pool.js';
@@ -35,7 +38,9 @@ export interface DispatchRecord {
   caller: string;
   /** The operation's command: en, de... */
   op: string;
-  /** The id of the key used, when one was. */
+  /** The named key used, when the operation has one. */
+  key: string | null;
+  /** The id of the key version used, when one was. */
   keyId: string | null;
   /** `ok` or the error code. */
   outcome: string;
@@ -93,7 +98,7 @@ export class Dispatcher {
     this.#limitedPerMinute = options.limitedPerMinute ?? 0;
     this.budget = options.budget ?? new MemoryBudget(Number.MAX_SAFE_INTEGER);
     if (this.log.isLevelEnabled('debug')) {
-      this.observe((r) => this.log.debug({ requestId: r.requestId, transport: r.transport, peer: r.peer, caller: r.caller, op: r.op, keyId: r.keyId, outcome: r.outcome, bytesIn: r.bytesIn, bytesOut: r.bytesOut, ms: r.durationMs }, 'request'));
+      this.observe((r) => this.log.debug({ requestId: r.requestId, transport: r.transport, peer: r.peer, caller: r.caller, op: r.op, keyName: r.key, keyId: r.keyId, outcome: r.outcome, bytesIn: r.bytesIn, bytesOut: r.bytesOut, ms: r.durationMs }, 'request'));
     }
   }
 
@@ -128,39 +133,42 @@ export class Dispatcher {
     const start = observed ? performance.now() : 0;
     const id = requestId ?? String(++this.#seq);
     let result: Results[K] | Promise<Results[K]>;
+    let checked: Options = EMPTY;
     try {
       this.policy.authorize(op, caller);
       if (op.input === 'message' && typeof input === 'string') input = Buffer.from(input, 'utf8');
       if (op.input === 'token') input = trimToken(input);
       this.#checkSize(op, input, caller);
-      const checked = options === null || options === undefined ? EMPTY : this.#checkOptions(op, options);
+      if (options !== null && options !== undefined) checked = this.#checkOptions(op, options);
+      if (op.keyed) this.policy.authorizeKey(caller, checked.key ?? DEFAULT_KEY);
       if (op.limited) this.#countLimited(op);
       if (input.length > 0 && this.budget.exhausted && (op.input === 'message' || op.input === 'token')) {
         throw new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly');
       }
       if (op.data) {
-        result = this.#pool && input.length >= OFFLOAD_BYTES ? this.#offload(op, input, checked) : op.data(this.service.data, input, checked);
+        const keys = this.service.resolve(checked.key, checked.context ?? null);
+        result = this.#pool && input.length >= OFFLOAD_BYTES ? this.#offload(op, keys, input, checked) : op.data(keys, input, checked);
       } else {
         result = op.run!({ service: this.service, policy: this.policy, caller }, input, checked);
       }
     } catch (err) {
       const e = this.renderError(err, caller, op.command);
-      if (observed) this.#report(id, op, caller, input.length, start, e.code, null);
+      if (observed) this.#report(id, op, caller, checked, input.length, start, e.code, null);
       throw e;
     }
     if (!(result instanceof Promise)) {
-      if (observed) this.#report(id, op, caller, input.length, start, 'ok', result);
+      if (observed) this.#report(id, op, caller, checked, input.length, start, 'ok', result);
       return result;
     }
     const size = input.length;
     return result.then(
       (value) => {
-        if (this.#observers.length > 0) this.#report(id, op, caller, size, start, 'ok', value);
+        if (this.#observers.length > 0) this.#report(id, op, caller, checked, size, start, 'ok', value);
         return value;
       },
       (err: unknown) => {
         const e = this.renderError(err, caller, op.command);
-        if (this.#observers.length > 0) this.#report(id, op, caller, size, start, e.code, null);
+        if (this.#observers.length > 0) this.#report(id, op, caller, checked, size, start, e.code, null);
         throw e;
       },
     );
@@ -178,10 +186,10 @@ export class Dispatcher {
   }
 
   /** Runs a data operation on the pool, charging its payload (the thread's copy and its result) meanwhile. */
-  #offload<K extends ResultKind>(op: Operation<K>, input: Payload, options: Options): Promise<Results[K]> {
+  #offload<K extends ResultKind>(op: Operation<K>, keys: ResolvedKey, input: Payload, options: Options): Promise<Results[K]> {
     const charge = input.length * 2;
     this.budget.adjust(charge);
-    const job = this.#pool!.run(op, input, options);
+    const job = this.#pool!.run(op, keys, input, options);
     void job.then(() => this.budget.adjust(-charge), () => this.budget.adjust(-charge));
     return job;
   }
@@ -216,7 +224,6 @@ export class Dispatcher {
   #checkOptions(op: Operation, raw: unknown): Options {
     if (typeof raw !== 'object' || raw === null) throw new CryptError('bad_request', 'options must be an object');
     const names = Object.keys(raw);
-    if (names.length === 0) return EMPTY;
     const out: Options = {};
     for (const name of names) {
       const spec = op.options.get(name);
@@ -226,12 +233,15 @@ export class Dispatcher {
       }
       const value = (raw as Record<string, unknown>)[name];
       if (value === undefined || value === null) continue;
-      if (spec.kind === 'seconds') out.ttl = seconds(name, value);
+      (out as Record<string, unknown>)[spec.field] = optionValue(name, spec, value);
     }
-    return out;
+    for (const [name, spec] of op.options) {
+      if (spec.required && (out as Record<string, unknown>)[spec.field] === undefined) throw new CryptError('bad_request', `${op.command} needs the option ${name}: ${spec.describe}`);
+    }
+    return names.length === 0 ? EMPTY : out;
   }
 
-  #report(id: string, op: Operation, caller: Caller, bytesIn: number, start: number, outcome: string, result: unknown): void {
+  #report(id: string, op: Operation, caller: Caller, options: Options, bytesIn: number, start: number, outcome: string, result: unknown): void {
     const { keyId, bytesOut } = measure(op.result, result);
     const record: DispatchRecord = {
       requestId: id,
@@ -239,6 +249,7 @@ export class Dispatcher {
       peer: caller.peer,
       caller: caller.tokenId ? `token:${caller.tokenId}` : caller.loopback ? 'loopback' : 'anonymous',
       op: op.command,
+      key: op.keyed ? options.key ?? DEFAULT_KEY : null,
       keyId,
       outcome,
       bytesIn,
@@ -264,6 +275,38 @@ export function trimToken(input: Payload): Payload {
   return start === 0 && end === input.length ? input : input.subarray(start, end);
 }
 
+const TRUE = new Set(['true', '1', 'yes', 'on']);
+const FALSE = new Set(['false', '0', 'no', 'off']);
+const PERIOD_UNITS = new Map([['s', 1], ['m', 60], ['h', 3600], ['d', 86_400], ['w', 604_800]]);
+
+/** An option's value, checked for its kind: strings from TCP and query strings, JSON values from bodies. */
+export function optionValue(name: string, spec: OptionSpec, value: unknown): Options[keyof Options] {
+  switch (spec.kind) {
+    case 'seconds':
+      return seconds(name, value);
+    case 'name':
+      if (typeof value !== 'string' || !KEY_NAME.test(value)) throw new CryptError('bad_request', `${name} must be a key name: 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit`);
+      return value;
+    case 'context': {
+      const context = typeof value === 'string' && /^[A-Za-z0-9_-]*={0,2}$/.test(value) && value.replace(/=+$/, '').length % 4 !== 1 ? Buffer.from(value, 'base64url') : null;
+      if (!context || context.length < 1 || context.length > 256) throw new CryptError('bad_request', `${name} must be base64url of 1 to 256 bytes`);
+      return context;
+    }
+    case 'bool':
+      if (typeof value === 'boolean') return value;
+      if (typeof value === 'string' && TRUE.has(value.toLowerCase())) return true;
+      if (typeof value === 'string' && FALSE.has(value.toLowerCase())) return false;
+      throw new CryptError('bad_request', `${name} must be true or false`);
+    case 'period': {
+      if (value === false || value === 'off') return null;
+      const m = typeof value === 'number' ? [String(value), String(value), 's'] : typeof value === 'string' ? /^(\d{1,10})([smhdw]?)$/.exec(value) : null;
+      const secs = m ? Number(m[1]) * PERIOD_UNITS.get(m[2] || 's')! : NaN;
+      if (!Number.isSafeInteger(secs) || secs < MIN_AUTO_ROTATE) throw new CryptError('bad_request', `${name} must be off or a period of at least 1h (3600, 24h, 30d)`);
+      return secs;
+    }
+  }
+}
+
 /** A whole number of seconds, 0 or more: a number, or its decimal digits (TCP, query strings). */
 export function seconds(name: string, value: unknown): number {
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
@@ -287,7 +330,8 @@ function measure(kind: ResultKind, result: unknown): { keyId: string | null; byt
       return { keyId: r.id, bytesOut: r.key.length };
     }
     case 'json': {
-      const id = (result as { id?: unknown }).id;
+      const r = result as { id?: unknown; key_id?: unknown; primary?: unknown };
+      const id = r.id ?? r.key_id ?? r.primary;
       return { keyId: typeof id === 'string' ? id : null, bytesOut: 0 };
     }
     default:

@@ -19,6 +19,7 @@ export const ERRORS = {
   unauthorized: { status: 401, message: 'authentication required' },
   forbidden: { status: 403, message: 'not allowed for this role' },
   not_found: { status: 404, message: 'no such route' },
+  unknown_key: { status: 404, message: 'no such key' },
   method_not_allowed: { status: 405, message: 'method not allowed' },
   timeout: { status: 408, message: 'connection idle for too long' },
   conflict: { status: 409, message: 'not possible in the current state' },

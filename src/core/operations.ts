@@ -7,19 +7,23 @@
  * Rules:
  * - An operation is named by its TCP command (`en`), the name users type everywhere.
  * - Lookups by a name that came from outside go through `operation()`, a Map: never a plain object.
- * - `data` operations are pure functions of the keys and may run on a worker thread; `run`
- *   operations need the main thread (the keyring, the access policy).
+ * - `data` operations are pure functions of a request's keys and may run on a worker thread;
+ *   `run` operations need the main thread (the keyring, the access policy).
+ * - A `keyed` operation works on one named key (option `key`, `default` when absent): the
+ *   caller's token must cover that name, and the dispatcher resolves it for data operations.
  * - Adding an operation is one entry here plus its method in src/core/service.ts.
  */
 import type { Caller, Policy, Role } from './access.js';
-import type { CryptService, DataOps, Decrypted, Encrypted, ExportedKey } from './service.js';
+import type { CryptService, Decrypted, Encrypted, ExportedKey } from './service.js';
+import { decryptWith, encryptWith, rewrapWith } from './service.js';
+import type { ResolvedKey } from '../keys/keyring.js';
 
 /** What a request carries: a message, a token, an access secret, or nothing. */
 export type InputKind = 'message' | 'token' | 'secret' | 'none';
 
 /** What an operation answers; each transport renders every kind. */
 export interface Results {
-  /** A Fernet token (text/plain over HTTP; `{"token"}` in JSON). */
+  /** A Fernet token (text/plain over HTTP; `{"token", "key_id"}` in JSON). */
   token: Encrypted;
   /** A plaintext (bytes over HTTP; `{"plaintext" | "plaintext_base64", "timestamp"}` in JSON). */
   plaintext: Decrypted;
@@ -34,15 +38,28 @@ export interface Results {
 /** A result kind. */
 export type ResultKind = keyof Results;
 
-/** An option an operation takes (`#de,ttl=60#`, `?ttl=60`, `"ttl": 60`). */
-export interface OptionSpec {
-  kind: 'seconds';
-  describe: string;
-}
-
 /** Checked option values. */
 export interface Options {
   ttl?: number | undefined;
+  /** The named key; `default` when absent. */
+  key?: string | undefined;
+  /** A derived key's context, decoded. */
+  context?: Buffer | undefined;
+  derived?: boolean | undefined;
+  exportable?: boolean | undefined;
+  deletionAllowed?: boolean | undefined;
+  /** Seconds between automatic rotations; null for off. */
+  autoRotate?: number | null | undefined;
+  confirm?: boolean | undefined;
+}
+
+/** An option an operation takes (`#de,ttl=60#`, `?ttl=60`, `"ttl": 60`). */
+export interface OptionSpec {
+  kind: 'seconds' | 'name' | 'context' | 'bool' | 'period';
+  /** The field of Options it fills. */
+  field: keyof Options;
+  describe: string;
+  required?: boolean;
 }
 
 /** One operation. */
@@ -53,13 +70,18 @@ export interface Operation<K extends ResultKind = ResultKind> {
   title: string;
   /** One line, for help, the OpenAPI document and docs. */
   summary: string;
-  /** The HTTP route, with an example a person can paste; null when HTTP has none. */
-  http: { method: 'GET' | 'POST'; path: string; example: string } | null;
-  /** The role needed: user (user or admin), admin, or null for anyone. */
-  role: Role | null;
+  /**
+   * The HTTP route (`{key}` in the path is the option `key`), with an example a person can
+   * paste, and an older path that still works; null when HTTP has none.
+   */
+  http: { method: 'GET' | 'POST' | 'DELETE'; path: string; example: string; alias?: string } | null;
+  /** The roles that may run it besides admin (which may run everything); null for anyone. */
+  roles: readonly Role[] | null;
   input: InputKind;
   options: ReadonlyMap<string, OptionSpec>;
   result: K;
+  /** It works on one named key (option `key`): scoped tokens are checked against the name. */
+  keyed: boolean;
   /** Requests behind this one on a connection wait until it has finished (key management). */
   barrier: boolean;
   /** Counted against --rotate-limit, across callers (key changes are costly and unbounded otherwise). */
@@ -68,8 +90,8 @@ export interface Operation<K extends ResultKind = ResultKind> {
   exportsKey: boolean;
   /** The JSON schema of a `json` result (for the HTTP documentation and serializer). */
   resultSchema?: object;
-  /** A data operation: pure over the keys, may run on a worker thread. */
-  data?: (ops: DataOps, input: Payload, options: Options) => Results[K];
+  /** A data operation: pure over the request's keys, may run on a worker thread. */
+  data?: (keys: ResolvedKey, input: Payload, options: Options) => Results[K];
   /** An operation of the main thread. */
   run?: (ctx: Context, input: Payload, options: Options) => Results[K] | Promise<Results[K]>;
 }
@@ -84,31 +106,50 @@ export interface Context {
   caller: Caller;
 }
 
-const TTL: OptionSpec = { kind: 'seconds', describe: 'refuse tokens older than this many seconds' };
+const option = (kind: OptionSpec['kind'], field: keyof Options, describe: string, required = false): OptionSpec => ({ kind, field, describe, required });
+const TTL = option('seconds', 'ttl', 'refuse tokens older than this many seconds');
+const KEY = option('name', 'key', 'the named key (default: default)');
+const NAMED = option('name', 'key', 'the named key', true);
+const CONTEXT = option('context', 'context', "a derived key's context: base64url, 1 to 256 bytes");
+const options = (...entries: Array<[string, OptionSpec]>) => new Map<string, OptionSpec>(entries);
+const KEYED = options(['key', KEY], ['context', CONTEXT]);
+
+const VERSION_INFO = {
+  type: 'object',
+  properties: {
+    id: { type: 'string', description: 'a public fingerprint of the version' },
+    state: { type: 'string', enum: ['primary', 'active', 'retired'] },
+    created: { type: 'string', format: 'date-time', nullable: true },
+  },
+};
+const KEY_DETAILS = {
+  type: 'object',
+  properties: {
+    name: { type: 'string' },
+    derived: { type: 'boolean' },
+    exportable: { type: 'boolean' },
+    deletion_allowed: { type: 'boolean' },
+    auto_rotate: { type: 'integer', nullable: true, description: 'seconds between automatic rotations, or null' },
+    primary: { type: 'string', description: 'the id of the primary version' },
+    versions: { type: 'array', items: VERSION_INFO },
+  },
+};
 const TOKEN_FACTS = {
   type: 'object',
   properties: {
     timestamp: { type: 'integer', description: "the token's creation time, seconds since the Unix epoch" },
     created: { type: 'string', format: 'date-time' },
     age_seconds: { type: 'integer' },
-    key_id: { type: 'string', nullable: true, description: 'the key that verifies the token, or null when none in the keyring does' },
+    key: { type: 'string', description: 'the named key inspected' },
+    key_id: { type: 'string', nullable: true, description: 'the version that verifies the token, or null when none does' },
     key_state: { type: 'string', enum: ['primary', 'active', 'retired'], nullable: true },
   },
 };
-const KEY_INFO = {
-  type: 'object',
-  properties: {
-    id: { type: 'string', description: 'a public fingerprint of the key' },
-    state: { type: 'string', enum: ['primary', 'active', 'retired'] },
-    created: { type: 'string', format: 'date-time', nullable: true },
-  },
-};
-const none = new Map<string, OptionSpec>();
 
-type Defaults = 'barrier' | 'limited' | 'exportsKey' | 'options';
+type Defaults = 'barrier' | 'limited' | 'exportsKey' | 'options' | 'keyed';
 
 function op<K extends ResultKind>(spec: Omit<Operation<K>, Defaults> & Partial<Pick<Operation<K>, Defaults>>): Operation<K> {
-  return { barrier: false, limited: false, exportsKey: false, options: none, ...spec };
+  return { barrier: false, limited: false, exportsKey: false, keyed: false, options: options(), ...spec };
 }
 
 /** Every operation, in the order docs list them. */
@@ -116,49 +157,76 @@ export const OPERATIONS: readonly Operation[] = [
   op({
     command: 'en', title: 'encrypt', summary: 'encrypt a message: the message in, a Fernet token out',
     http: { method: 'POST', path: '/encrypt', example: "curl -d 'hello' http://{host}/encrypt" },
-    role: 'user', input: 'message', result: 'token',
-    data: (ops, input) => ops.encrypt(bytes(input)),
+    roles: ['user', 'encrypt'], input: 'message', result: 'token', keyed: true, options: KEYED,
+    data: (keys, input) => encryptWith(keys, bytes(input)),
   }),
   op({
     command: 'de', title: 'decrypt', summary: 'decrypt a token: a token in, its message out',
     http: { method: 'POST', path: '/decrypt', example: 'curl --data-binary @token.txt http://{host}/decrypt' },
-    role: 'user', input: 'token', result: 'plaintext', options: new Map([['ttl', TTL]]),
-    data: (ops, input, options) => ops.decrypt(input, options.ttl),
+    roles: ['user', 'decrypt'], input: 'token', result: 'plaintext', keyed: true, options: options(['ttl', TTL], ['key', KEY], ['context', CONTEXT]),
+    data: (keys, input, o) => decryptWith(keys, input, o.ttl),
   }),
   op({
     command: 'rw', title: 'rewrap', summary: 'rewrap a token under the primary key, keeping its timestamp; the plaintext never leaves the server',
     http: { method: 'POST', path: '/rewrap', example: 'curl --data-binary @token.txt http://{host}/rewrap' },
-    role: 'user', input: 'token', result: 'token',
-    data: (ops, input) => ops.rewrap(input),
+    roles: ['user'], input: 'token', result: 'token', keyed: true, options: KEYED,
+    data: (keys, input) => rewrapWith(keys, input),
   }),
   op({
-    command: 'in', title: 'inspect', summary: "a token's creation time and age, and the key that verifies it (or that none does); never its plaintext",
+    command: 'in', title: 'inspect', summary: "a token's creation time and age, and the key version that verifies it (or that none does); never its plaintext",
     http: { method: 'POST', path: '/inspect', example: 'curl --data-binary @token.txt http://{host}/inspect' },
-    role: 'user', input: 'token', result: 'json', resultSchema: TOKEN_FACTS,
-    run: (ctx, input) => ctx.service.inspect(input),
+    roles: ['user', 'decrypt'], input: 'token', result: 'json', keyed: true, options: KEYED, resultSchema: TOKEN_FACTS,
+    run: (ctx, input, o) => ctx.service.inspect(o.key, o.context ?? null, input),
   }),
   op({
-    command: 'ki', title: 'key info', summary: 'key ids, states and creation times as JSON, never key material',
+    command: 'ki', title: 'list keys', summary: 'the named keys the caller may use: settings and versions (ids, states, creation times), never key material',
     http: { method: 'GET', path: '/keys', example: 'curl http://{host}/keys' },
-    role: 'user', input: 'none', result: 'json', resultSchema: { type: 'object', properties: { keys: { type: 'array', items: KEY_INFO } } },
-    run: (ctx) => ctx.service.keyInfo(),
+    roles: ['user'], input: 'none', result: 'json', resultSchema: { type: 'object', properties: { keys: { type: 'array', items: KEY_DETAILS } } },
+    run: (ctx) => ctx.service.keyInfo((name) => ctx.policy.covers(ctx.caller, name)),
   }),
   op({
-    command: 'gk', title: 'get key', summary: 'the primary key in Fernet format',
+    command: 'ks', title: 'show key', summary: "one named key's settings and versions",
+    http: { method: 'GET', path: '/keys/{key}', example: 'curl http://{host}/keys/default' },
+    roles: ['user'], input: 'none', result: 'json', keyed: true, options: options(['key', NAMED]), resultSchema: KEY_DETAILS,
+    run: (ctx, _input, o) => ctx.service.showKey(o.key!),
+  }),
+  op({
+    command: 'kc', title: 'create key', summary: 'create a named key: derived (requests bring a context) and exportable if asked',
+    http: { method: 'POST', path: '/keys', example: `curl -H 'content-type: application/json' -d '{"key": "billing"}' http://{host}/keys` },
+    roles: [], input: 'none', result: 'json', keyed: true, barrier: true, resultSchema: KEY_DETAILS,
+    options: options(['key', NAMED], ['derived', option('bool', 'derived', 'requests bring a context; their keys are derived from it')], ['exportable', option('bool', 'exportable', 'gk and backups may export it')]),
+    run: (ctx, _input, o) => ctx.service.createKey(o.key!, { derived: o.derived ?? false, exportable: o.exportable ?? false }),
+  }),
+  op({
+    command: 'kf', title: 'configure key', summary: "change a named key's settings: exportable, deletion_allowed, auto_rotate",
+    http: { method: 'POST', path: '/keys/{key}/config', example: `curl -H 'content-type: application/json' -d '{"auto_rotate": "30d"}' http://{host}/keys/default/config` },
+    roles: [], input: 'none', result: 'json', keyed: true, barrier: true, resultSchema: KEY_DETAILS,
+    options: options(['key', NAMED], ['exportable', option('bool', 'exportable', 'gk and backups may export it')], ['deletion_allowed', option('bool', 'deletionAllowed', 'the key may be deleted')], ['auto_rotate', option('period', 'autoRotate', 'rotate automatically this often (at least 1h: 3600, 24h, 30d), or off')]),
+    run: (ctx, _input, o) => ctx.service.configureKey(o.key!, { exportable: o.exportable, deletionAllowed: o.deletionAllowed, autoRotate: o.autoRotate }),
+  }),
+  op({
+    command: 'kd', title: 'delete key', summary: 'delete a named key and every version of it: every token made with it is lost; only when deletion_allowed and confirmed',
+    http: { method: 'DELETE', path: '/keys/{key}', example: "curl -X DELETE 'http://{host}/keys/old?confirm=true'" },
+    roles: [], input: 'none', result: 'json', keyed: true, barrier: true, resultSchema: { type: 'object', properties: { deleted: { type: 'string' } } },
+    options: options(['key', NAMED], ['confirm', option('bool', 'confirm', 'true: yes, destroy it')]),
+    run: (ctx, _input, o) => ctx.service.deleteKey(o.key!, o.confirm ?? false),
+  }),
+  op({
+    command: 'gk', title: 'get key', summary: "a key's primary version in Fernet format (an exportable key only)",
     http: { method: 'GET', path: '/key', example: 'curl http://{host}/key' },
-    role: 'admin', input: 'none', result: 'key', exportsKey: true,
-    run: (ctx) => ctx.service.getKey(),
+    roles: [], input: 'none', result: 'key', keyed: true, exportsKey: true, options: options(['key', KEY]),
+    run: (ctx, _input, o) => ctx.service.getKey(o.key),
   }),
   op({
-    command: 'rk', title: 'rotate', summary: 'rotate: make a new primary key; older tokens still decrypt',
-    http: { method: 'POST', path: '/keys/rotate', example: 'curl -X POST http://{host}/keys/rotate' },
-    role: 'admin', input: 'none', result: 'json', barrier: true, limited: true, resultSchema: KEY_INFO,
-    run: (ctx) => ctx.service.rotate(),
+    command: 'rk', title: 'rotate', summary: 'rotate: make a new primary version of a key; older tokens still decrypt',
+    http: { method: 'POST', path: '/keys/{key}/rotate', example: 'curl -X POST http://{host}/keys/default/rotate', alias: '/keys/rotate' },
+    roles: [], input: 'none', result: 'json', keyed: true, barrier: true, limited: true, resultSchema: VERSION_INFO, options: options(['key', KEY]),
+    run: (ctx, _input, o) => ctx.service.rotate(o.key),
   }),
   op({
     command: 'au', title: 'authenticate', summary: 'authenticate the connection with an access token (HTTP: the Authorization header)',
     http: null,
-    role: null, input: 'secret', result: 'role', barrier: true,
+    roles: null, input: 'secret', result: 'role', barrier: true,
     run: (ctx, input) => ({ role: ctx.policy.authenticate(ctx.caller, input) }),
   }),
 ];
@@ -168,7 +236,7 @@ const BY_COMMAND: ReadonlyMap<string, Operation> = new Map(OPERATIONS.map((o) =>
 /** The operation a command names, or undefined. */
 export const operation = (command: string): Operation | undefined => BY_COMMAND.get(command);
 
-/** The commands, for messages: `en, de, rw, ki, gk, rk, au`. */
+/** The commands, for messages: `en, de, rw, ...`. */
 export const COMMAND_LIST = OPERATIONS.map((o) => o.command).join(', ');
 
 /** A payload as bytes (a string payload is UTF-8). */

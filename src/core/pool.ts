@@ -3,11 +3,11 @@
  * more runs off the event loop, so it never stalls small requests. The dispatcher decides.
  *
  * Rules:
- * - Threads start on the first large job. Each gets the keys in force when it starts, and every
- *   change before any later job (messages to a thread are handled in order). A job therefore uses
- *   the keys in force when it was sent, as a synchronous call would.
- * - Keys go to threads as raw bytes in buffers of their own, transferred: the pool keeps no copy
- *   (no base64 string of a key lingers in memory).
+ * - Threads start on the first large job. Each job brings the request's resolved keys (the named
+ *   key's versions, or their derivations for the request's context), so it uses exactly the keys
+ *   in force when it was sent, as a synchronous call would.
+ * - Keys go to threads as raw bytes in buffers of their own, transferred and wiped there: the
+ *   pool keeps no copy (no base64 string of a key lingers in memory).
  * - Payloads are copied once into a buffer of their own and transferred: a view sent as it is
  *   would clone its whole backing buffer (a socket chunk, Buffer's pool).
  * - A thread that dies fails its jobs with `internal` and is replaced by the next job.
@@ -16,9 +16,9 @@
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { CryptError, errorCode } from './errors.js';
-import type { KeySet } from '../keys/keyring.js';
+import type { ResolvedKey } from '../keys/keyring.js';
 import type { Operation, Options, Payload, ResultKind, Results } from './operations.js';
-import type { JobMessage, KeysMessage, ResultMessage } from './worker.js';
+import type { JobMessage, ResultMessage } from './worker.js';
 
 /** Payloads of at least this many bytes go to a worker thread. */
 export const OFFLOAD_BYTES = 64 * 1024;
@@ -36,34 +36,23 @@ interface Thread {
 /** The default number of threads: the cores, shared by the server processes, at most 4. */
 export const defaultThreads = (processes = 1): number => Math.max(1, Math.min(4, Math.floor(availableParallelism() / processes)));
 
-/** A pool of crypto worker threads over the keys in force. */
+/** A pool of crypto worker threads. */
 export class CryptoPool {
   readonly #size: number;
   readonly #script: URL;
   readonly #threads: Thread[] = [];
-  #keys: KeySet;
   #next = 0;
   #closed = false;
 
   /** @param script the worker's entry point (a seam for tests) */
-  constructor(size: number, keys: KeySet, script: URL = new URL('./worker.js', import.meta.url)) {
+  constructor(size: number, script: URL = new URL('./worker.js', import.meta.url)) {
     this.#size = size;
     this.#script = script;
-    this.#keys = keys;
   }
 
-  /** Sends a new key set to every thread (before any later job). */
-  updateKeys(keys: KeySet): void {
-    this.#keys = keys;
-    for (const t of this.#threads) {
-      const secrets = keys.secrets();
-      t.worker.postMessage({ type: 'keys', secrets } satisfies KeysMessage, secrets.map((s) => s.buffer as ArrayBuffer));
-    }
-  }
-
-  /** Runs a data operation on a thread. */
-  async run<K extends ResultKind>(op: Operation<K>, input: Payload, options: Options): Promise<Results[K]> {
-    const r = (await this.#run(op.command, input, options)) as Results[K];
+  /** Runs a data operation on a thread, with the request's keys. */
+  async run<K extends ResultKind>(op: Operation<K>, keys: ResolvedKey, input: Payload, options: Options): Promise<Results[K]> {
+    const r = (await this.#run(op.command, keys, input, options)) as Results[K];
     const plaintext = (r as { plaintext?: Uint8Array }).plaintext;
     if (plaintext) (r as { plaintext: Buffer }).plaintext = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.length);
     return r;
@@ -80,17 +69,20 @@ export class CryptoPool {
     await Promise.all(this.#threads.splice(0).map((t) => t.worker.terminate()));
   }
 
-  #run(command: string, input: Payload, options: Options): Promise<unknown> {
+  #run(command: string, keys: ResolvedKey, input: Payload, options: Options): Promise<unknown> {
     if (this.#closed) return Promise.reject(new CryptError('unavailable', 'the server is shutting down'));
     // bytes are copied into a buffer of their own, which is then transferred (see the rules above)
     const data = typeof input === 'string' ? input : new Uint8Array(input);
+    const secrets = keys.decrypting.map((k) => k.exportBytes());
     const thread = this.#pick();
     const id = this.#next++;
     return new Promise<ResultMessage>((resolve, reject) => {
       if (thread.pending.size === 0) thread.worker.ref();
       thread.pending.set(id, { resolve, reject });
-      const job: JobMessage = { type: 'job', id, command, data, options };
-      thread.worker.postMessage(job, typeof data === 'string' ? [] : [data.buffer as ArrayBuffer]);
+      const job: JobMessage = { id, command, data, options: { ttl: options.ttl }, secrets, ids: [...keys.ids], name: keys.name };
+      const transfer = secrets.map((s) => s.buffer as ArrayBuffer);
+      if (typeof data !== 'string') transfer.push(data.buffer as ArrayBuffer);
+      thread.worker.postMessage(job, transfer);
     }).then((r) => {
       if (!r.ok) throw new CryptError(errorCode(r.code) ?? 'internal', r.message);
       return r.result;
@@ -102,8 +94,7 @@ export class CryptoPool {
     let best: Thread | undefined;
     for (const t of this.#threads) if (!best || t.pending.size < best.pending.size) best = t;
     if (best && (best.pending.size === 0 || this.#threads.length >= this.#size)) return best;
-    const secrets = this.#keys.secrets();
-    const worker = new Worker(this.#script, { workerData: { secrets }, transferList: secrets.map((s) => s.buffer as ArrayBuffer) });
+    const worker = new Worker(this.#script);
     worker.unref();
     const thread: Thread = { worker, pending: new Map() };
     worker.on('message', (r: ResultMessage) => {

@@ -1,39 +1,30 @@
 /**
- * The operations of crypt as plain methods, with no transport, no caller and no policy: the
- * dispatcher (src/core/dispatcher.ts) authorizes, checks and times every call before it gets here.
+ * The operations of crypt as plain functions and methods, with no transport, no caller and no
+ * policy: the dispatcher (src/core/dispatcher.ts) authorizes, checks and times every call before
+ * it gets here.
  *
  * Rules:
- * - DataOps (encrypt, decrypt, rewrap) are synchronous and work on a KeySet only, so worker
- *   threads run the very same code on their copy of the keys (src/core/worker.ts).
+ * - The data operations (encryptWith, decryptWith, rewrapWith) are synchronous and work on a
+ *   request's resolved keys only, so worker threads run the very same code (src/core/worker.ts).
  * - Each operation reads the keys in force at its start.
- * - Errors are CryptErrors from the catalogue; their messages carry sizes and limits, never data.
- *   A keyring that can't be written is `unavailable`, with the file's reason kept as the cause
- *   for the log, never in the message.
+ * - Errors are CryptErrors from the catalogue; their messages carry sizes, names and limits,
+ *   never data. A keyring that can't be written is `unavailable`, with the file's reason kept as
+ *   the cause for the log, never in the message.
  */
 import { decrypt, inspectToken } from '../crypto/fernet.js';
 import { CryptError } from './errors.js';
 import { FileError } from '../keys/files.js';
-import type { Keyring, KeyInfo, KeySet, KeyState } from '../keys/keyring.js';
+import { DEFAULT_KEY, KeySet, MIN_AUTO_ROTATE, NEW_KEY_SETTINGS } from '../keys/keyring.js';
+import type { KeyDetails, KeyInfo, KeySettings, KeyState, Keyring, ResolvedKey } from '../keys/keyring.js';
 
-/** A new token and the id of the key that made it (for a rewrap, also the key it was under). */
+/** A new token and the id of the key version that made it (for a rewrap, also the version it was under). */
 export interface Encrypted {
   token: string;
   keyId: string;
   previousKeyId?: string;
 }
 
-/** What a token tells without being decrypted. */
-export interface TokenFacts {
-  /** Creation time, seconds since the epoch, and as ISO 8601. */
-  timestamp: number;
-  created: string;
-  age_seconds: number;
-  /** The key in the keyring that verifies the token (retired keys too), or null when none does. */
-  key_id: string | null;
-  key_state: KeyState | null;
-}
-
-/** A decrypted message, the creation time of its token (seconds since the epoch) and the key that opened it. */
+/** A decrypted message, the creation time of its token (seconds since the epoch) and the version that opened it. */
 export interface Decrypted {
   plaintext: Buffer;
   timestamp: number;
@@ -46,76 +37,141 @@ export interface ExportedKey {
   id: string;
 }
 
-/** The data operations over the keys a function returns (the keys in force, or a thread's copy). */
-export class DataOps {
-  readonly #keys: () => KeySet;
-
-  constructor(keys: () => KeySet) {
-    this.#keys = keys;
-  }
-
-  /** Encrypts a message under the primary key. */
-  encrypt(plaintext: Uint8Array): Encrypted {
-    const primary = this.#keys().primary;
-    return { token: primary.encrypt(plaintext), keyId: primary.id };
-  }
-
-  /** Decrypts a token with the keys in force, optionally refusing tokens older than ttl seconds. */
-  decrypt(token: string | Uint8Array, ttl: number | undefined): Decrypted {
-    const { plaintext, timestamp, key } = decrypt(this.#keys().decrypting, token, { ttl });
-    return { plaintext, timestamp, keyId: key.id };
-  }
-
-  /** Re-encrypts a token under the primary key, keeping its timestamp; never returns plaintext. */
-  rewrap(token: string | Uint8Array): Encrypted {
-    const keys = this.#keys();
-    const { plaintext, timestamp, key } = decrypt(keys.decrypting, token);
-    return { token: keys.primary.encrypt(plaintext, timestamp), keyId: keys.primary.id, previousKeyId: key.id };
-  }
+/** What a token tells without being decrypted. */
+export interface TokenFacts {
+  /** Creation time, seconds since the epoch, and as ISO 8601. */
+  timestamp: number;
+  created: string;
+  age_seconds: number;
+  /** The named key inspected. */
+  key: string;
+  /** The version of that key that verifies the token (retired ones too), or null when none does. */
+  key_id: string | null;
+  key_state: KeyState | null;
 }
 
-/** The encryption service over a keyring: the data operations and key management. */
+/** Encrypts a message under the primary version. */
+export function encryptWith(keys: ResolvedKey, plaintext: Uint8Array): Encrypted {
+  return { token: keys.primary.encrypt(plaintext), keyId: keys.primaryId };
+}
+
+/** Decrypts a token with the versions that decrypt, optionally refusing tokens older than ttl seconds. */
+export function decryptWith(keys: ResolvedKey, token: string | Uint8Array, ttl: number | undefined): Decrypted {
+  const { plaintext, timestamp, key } = decrypt(keys.decrypting, token, { ttl });
+  return { plaintext, timestamp, keyId: keys.ids[keys.decrypting.indexOf(key)]! };
+}
+
+/** Re-encrypts a token under the primary version, keeping its timestamp; never returns plaintext. */
+export function rewrapWith(keys: ResolvedKey, token: string | Uint8Array): Encrypted {
+  const { plaintext, timestamp, key } = decrypt(keys.decrypting, token);
+  return { token: keys.primary.encrypt(plaintext, timestamp), keyId: keys.primaryId, previousKeyId: keys.ids[keys.decrypting.indexOf(key)]! };
+}
+
+/** The encryption service over a keyring: resolving keys, inspecting tokens, and key management. */
 export class CryptService {
   readonly keyring: Keyring;
-  readonly data: DataOps;
-  /** The most keys that may decrypt: a rotation past it is refused. */
+  /** The most versions of a key that may decrypt: a rotation past it is refused. */
   readonly maxKeys: number;
 
   constructor(keyring: Keyring, options: { maxKeys?: number } = {}) {
     this.keyring = keyring;
-    this.data = new DataOps(() => keyring.current);
     this.maxKeys = options.maxKeys ?? Infinity;
   }
 
-  /** The primary key in Fernet's format, with its id. */
-  getKey(): ExportedKey {
-    const primary = this.keyring.current.primary;
-    return { key: primary.export(), id: primary.id };
+  /** The keys of a request (unknown_key when no key has this name). */
+  resolve(name: string | undefined, context: Buffer | null): ResolvedKey {
+    return this.keyring.resolve(name ?? DEFAULT_KEY, context);
   }
 
-  /** A token's creation time and the key that verifies it, retired keys included; never its plaintext. */
-  inspect(token: string | Uint8Array, now = Date.now()): TokenFacts {
-    const all = this.keyring.current.all();
-    const { timestamp, key } = inspectToken(all.map((e) => e.key), token);
-    const entry = key ? all.find((e) => e.key === key)! : null;
+  /** A token's creation time and the version of the key that verifies it, retired ones included; never its plaintext. */
+  inspect(name: string | undefined, context: Buffer | null, token: string | Uint8Array, now = Date.now()): TokenFacts {
+    const set = this.keyring.book.key(name ?? DEFAULT_KEY);
+    const { keys, entries } = set.resolveAll(context, this.keyring.derived);
+    const { timestamp, key } = inspectToken(keys, token);
+    const entry = key ? entries[keys.indexOf(key)]! : null;
     return {
       timestamp,
       created: new Date(timestamp * 1000).toISOString(),
       age_seconds: Math.floor(now / 1000) - timestamp,
+      key: set.name,
       key_id: entry?.id ?? null,
       key_state: entry?.state ?? null,
     };
   }
 
-  /** Public facts about every key. */
-  keyInfo(): { keys: KeyInfo[] } {
-    return { keys: this.keyring.current.info() };
+  /** A key's primary version in Fernet's format, with its id: only for an exportable key. */
+  getKey(name: string | undefined): ExportedKey {
+    const set = this.keyring.book.key(name ?? DEFAULT_KEY);
+    if (!set.settings.exportable) throw new CryptError('forbidden', `key ${set.name} is not exportable: an admin can change that with crypt-server keys config ${set.name} --exportable true`);
+    return { key: set.primary.export(), id: set.details().primary };
   }
 
-  /** Makes a new primary key; returns its public facts. */
-  async rotate(): Promise<KeyInfo> {
-    const set = await storage(() => this.keyring.update((s) => s.rotated(new Date(), this.maxKeys)), 'rotation');
+  /** Public facts about the keys a filter lets through. */
+  keyInfo(visible: (name: string) => boolean = () => true): { keys: KeyDetails[] } {
+    return { keys: this.keyring.book.keys().filter((k) => visible(k.name)).map((k) => k.details()) };
+  }
+
+  /** Public facts about one key. */
+  showKey(name: string): KeyDetails {
+    return this.keyring.book.key(name).details();
+  }
+
+  /** Creates a named key with one version. */
+  async createKey(name: string, settings: Pick<KeySettings, 'derived' | 'exportable'>): Promise<KeyDetails> {
+    const book = await storage(() => this.keyring.updateBook((b) => {
+      if (b.get(name)) throw new CryptError('conflict', `a key named ${name} exists already`);
+      return b.with(KeySet.generate(name, { ...NEW_KEY_SETTINGS, ...settings }));
+    }), 'creating the key');
+    return book.key(name).details();
+  }
+
+  /** Changes a key's settings (those given). */
+  async configureKey(name: string, change: Partial<Omit<KeySettings, 'derived'>>): Promise<KeyDetails> {
+    const given = Object.fromEntries(Object.entries(change).filter(([, v]) => v !== undefined)) as Partial<Omit<KeySettings, 'derived'>>;
+    if (Object.keys(given).length === 0) throw new CryptError('bad_request', 'nothing to change: give exportable, deletion_allowed or auto_rotate');
+    if (given.autoRotate !== undefined && given.autoRotate !== null && given.autoRotate < MIN_AUTO_ROTATE) throw new CryptError('bad_request', `auto_rotate must be at least ${MIN_AUTO_ROTATE} seconds (1h), or off`);
+    const set = await storage(() => this.keyring.update((s) => s.withSettings(given), name), 'changing the key');
+    return set.details();
+  }
+
+  /** Deletes a key: only one whose settings allow it, and only when confirmed. */
+  async deleteKey(name: string, confirmed: boolean): Promise<{ deleted: string }> {
+    const set = this.keyring.book.key(name);
+    if (name === DEFAULT_KEY) throw new CryptError('conflict', `the key ${DEFAULT_KEY} can't be deleted: requests without a key name use it`);
+    if (!set.settings.deletionAllowed) throw new CryptError('conflict', `key ${name} may not be deleted: allow it first with crypt-server keys config ${name} --deletion-allowed true`);
+    if (!confirmed) throw new CryptError('bad_request', `deleting key ${name} makes every token made with it undecryptable, for good: confirm it (confirm=true, --yes)`);
+    await storage(() => this.keyring.updateBook((b) => {
+      const latest = b.key(name);
+      if (!latest.settings.deletionAllowed) throw new CryptError('conflict', `key ${name} may not be deleted: allow it first with crypt-server keys config ${name} --deletion-allowed true`);
+      return b.without(name);
+    }), 'deleting the key');
+    return { deleted: name };
+  }
+
+  /** Makes a new primary version of a key; returns its public facts. */
+  async rotate(name: string | undefined): Promise<KeyInfo> {
+    const set = await storage(() => this.keyring.update((s) => s.rotated(new Date(), this.maxKeys), name ?? DEFAULT_KEY), 'rotation');
     return set.info()[0]!;
+  }
+
+  /**
+   * Rotates every key whose primary is older than its auto_rotate period. The age is checked on
+   * the latest stored keys inside the update, so of several servers sharing a keyring exactly
+   * one rotates. Resolves with the names it rotated.
+   */
+  async autoRotate(now = Date.now()): Promise<string[]> {
+    const due = (s: KeySet): boolean => s.settings.autoRotate !== null && now - (s.primaryCreated() ?? now) >= s.settings.autoRotate * 1000;
+    const rotated: string[] = [];
+    for (const set of this.keyring.book.keys().filter(due)) {
+      let did = false;
+      await this.keyring.updateBook((b) => {
+        const latest = b.get(set.name);
+        did = latest !== undefined && due(latest);
+        return did ? b.with(latest!.rotated(new Date(now), this.maxKeys)) : b;
+      });
+      if (did) rotated.push(set.name);
+    }
+    return rotated;
   }
 }
 

@@ -15,7 +15,7 @@
  *   copy at the next use).
  *   All of this state is used synchronously, so one thread never interleaves two tokens.
  */
-import { createCipheriv, createDecipheriv, createHash, hash, randomFillSync, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, hash, randomFillSync, timingSafeEqual } from 'node:crypto';
 import type { Cipher, Decipher } from 'node:crypto';
 import { inspect } from 'node:util';
 import { invalidToken } from '../core/errors.js';
@@ -30,6 +30,8 @@ const HMAC_BLOCK = 64;
 export const MAX_CLOCK_SKEW = 60;
 const PADDING = ['', '==', '='];
 const KEY_ID_CONTEXT = 'crypt key id v1\0';
+const DERIVE_SALT = 'crypt derived key v1';
+const HKDF_BLOCK_1 = Buffer.of(1);
 
 /** Seconds since the epoch, as Fernet timestamps count them. */
 export const nowSeconds = (): number => Math.floor(Date.now() / 1000);
@@ -72,34 +74,38 @@ function workspace(n: number): Buffer {
 }
 
 const outer = Buffer.allocUnsafeSlow(HMAC_BLOCK + 32);
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
 const computedMac = outer.subarray(0, MAC);
 const givenMac = Buffer.allocUnsafeSlow(MAC);
 
 /** A Fernet key: a 128-bit signing key and a 128-bit encryption key, with a non-secret id. */
 export class FernetKey {
-  /** A short public fingerprint of the key: hex of a domain-separated SHA-256, never the key. */
-  readonly id: string;
+  #id: string | null = null;
+  /** HKDF's pseudorandom key for keys derived from this one, made on first use. */
+  #prk: Buffer | null = null;
   readonly #secret: Buffer;
   readonly #ipad: Buffer;
   readonly #opad: Buffer;
-  readonly #enc: Cipher;
-  readonly #dec: Decipher;
+  /** The AES contexts, made on first use: a key that never encrypts (one of 10,000 named keys, an old version) costs no cipher. */
+  #enc: Cipher | null = null;
+  #dec: Decipher | null = null;
   #encChain: Buffer = Buffer.alloc(BLOCK);
   readonly #decChain: Buffer = Buffer.alloc(BLOCK);
 
   private constructor(secret: Buffer) {
     this.#secret = secret;
     const signing = secret.subarray(0, 16);
-    const encryption = secret.subarray(16, 32);
     this.#ipad = Buffer.alloc(HMAC_BLOCK, 0x36);
     this.#opad = Buffer.alloc(HMAC_BLOCK, 0x5c);
     for (let i = 0; i < signing.length; i++) {
       this.#ipad[i]! ^= signing[i]!;
       this.#opad[i]! ^= signing[i]!;
     }
-    this.#enc = createCipheriv('aes-128-cbc', encryption, this.#encChain).setAutoPadding(false);
-    this.#dec = createDecipheriv('aes-128-cbc', encryption, this.#decChain).setAutoPadding(false);
-    this.id = createHash('sha256').update(KEY_ID_CONTEXT).update(secret).digest('hex').slice(0, 12);
+  }
+
+  /** A short public fingerprint of the key: hex of a domain-separated SHA-256, never the key. */
+  get id(): string {
+    return (this.#id ??= createHash('sha256').update(KEY_ID_CONTEXT).update(this.#secret).digest('hex').slice(0, 12));
   }
 
   /** A new key from the CSPRNG. */
@@ -152,7 +158,7 @@ export class FernetKey {
     pt.fill(padded - length, length);
     const chain = this.#encChain;
     for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
-    const ct = this.#enc.update(pt);
+    const ct = this.#cipher().update(pt);
     this.#encChain = ct.subarray(padded - BLOCK);
     ct.copy(buf, t + HEADER);
     this.#mac(buf, t + HEADER + padded, buf, t + HEADER + padded);
@@ -173,13 +179,19 @@ export class FernetKey {
     const last = Buffer.alloc(BLOCK, BLOCK - (length - full));
     last.set(message.subarray(full));
     let at = t + HEADER;
-    for (const part of [this.#enc.update(first), this.#enc.update(message.subarray(BLOCK, full)), this.#enc.update(last)]) {
+    const enc = this.#cipher();
+    for (const part of [enc.update(first), enc.update(message.subarray(BLOCK, full)), enc.update(last)]) {
       part.copy(buf, at);
       at += part.length;
     }
     this.#encChain = Buffer.from(buf.subarray(at - BLOCK, at));
     this.#mac(buf, at, buf, at);
     return buf.toString('base64url', t, t + size) + PADDING[size % 3];
+  }
+
+  /** The encrypting AES context; its chaining starts from a zero block, as #encChain does. */
+  #cipher(): Cipher {
+    return (this.#enc ??= createCipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false));
   }
 
   /**
@@ -206,7 +218,7 @@ export class FernetKey {
   #open(buf: Buffer, size: number): Buffer {
     const t = HMAC_BLOCK;
     const ct = buf.subarray(t + HEADER, t + size - MAC);
-    const pt = this.#dec.update(ct);
+    const pt = (this.#dec ??= createDecipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false)).update(ct);
     const chain = this.#decChain;
     for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
     ct.copy(chain, 0, ct.length - BLOCK);
@@ -229,6 +241,13 @@ export class FernetKey {
       if (key.#verify(buf, size)) return { plaintext: key.#open(buf, size), timestamp, key };
     }
     throw invalidToken();
+  }
+
+  /** See deriveKey(): a static method so that it reaches the root's secret. */
+  static derive(root: FernetKey, context: Uint8Array): FernetKey {
+    // HKDF-SHA256 (RFC 5869) for 32 bytes: extract once per root, then one HMAC per context
+    const prk = (root.#prk ??= createHmac('sha256', DERIVE_SALT).update(root.#secret).digest());
+    return new FernetKey(createHmac('sha256', prk).update(context).update(HKDF_BLOCK_1).digest());
   }
 
   /** See inspect(): the token's timestamp and the first key whose MAC verifies, never decrypting. */
@@ -313,4 +332,13 @@ export function decrypt(keys: readonly FernetKey[], token: string | Uint8Array, 
  */
 export function inspectToken(keys: readonly FernetKey[], token: string | Uint8Array): Inspected {
   return FernetKey.inspect(keys, token);
+}
+
+/**
+ * The Fernet key of a derived key's version for one context: the 32 bytes of
+ * HKDF-SHA256(ikm = the version's 32 bytes, salt = "crypt derived key v1", info = the context).
+ * Tokens made with it open only with the same version and the same context.
+ */
+export function deriveKey(root: FernetKey, context: Uint8Array): FernetKey {
+  return FernetKey.derive(root, context);
 }

@@ -101,8 +101,11 @@ export async function readSecret(path: string, what: string, maxBytes = MAX_SECR
   }
 }
 
-/** Writes data to path atomically and durably, with mode 0600; `beforeRename` may still veto it. */
-export async function writeAtomic(path: string, data: string | Uint8Array, beforeRename?: () => Promise<void>): Promise<void> {
+/**
+ * Writes data to path atomically and durably, with mode 0600; `beforeRename` may still veto it.
+ * `exclusive`: never over an existing file (EEXIST instead).
+ */
+export async function writeAtomic(path: string, data: string | Uint8Array, beforeRename?: (() => Promise<void>) | null, exclusive = false): Promise<void> {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${PROCESS_TAG}.${randomBytes(4).toString('hex')}.tmp`);
   const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
@@ -115,7 +118,13 @@ export async function writeAtomic(path: string, data: string | Uint8Array, befor
       await fh.close();
     }
     await beforeRename?.();
-    await fs.rename(tmp, path);
+    if (exclusive) {
+      // link fails with EEXIST where rename would replace
+      await fs.link(tmp, path);
+      await fs.rm(tmp);
+    } else {
+      await fs.rename(tmp, path);
+    }
   } catch (err) {
     await fs.rm(tmp, { force: true });
     throw err;

@@ -17,7 +17,8 @@ import { dirname } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { Keyring } from '../keys/keyring.js';
-import type { KeySet } from '../keys/keyring.js';
+import { v1Backup } from '../keys/keyring.js';
+import type { KeyBook } from '../keys/keyring.js';
 import { FileError } from '../keys/files.js';
 import { AccessTokens, AuthThrottle, Policy } from '../core/access.js';
 import { CryptService } from '../core/service.js';
@@ -55,10 +56,14 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-const describeKeys = (set: KeySet): { primary: string; keys: number; retired: number } => {
-  const info = set.info();
-  return { primary: set.primary.id, keys: info.length, retired: info.filter((k) => k.state === 'retired').length };
+/** What a log line says of the keys: the default key's primary and versions, and how many named keys. */
+const describeKeys = (book: KeyBook): { primary: string; keys: number; retired: number; named: number } => {
+  const info = book.key('default').info();
+  return { primary: book.key('default').details().primary, keys: info.length, retired: info.filter((k) => k.state === 'retired').length, named: book.size };
 };
+
+/** How often keys are checked for automatic rotation. */
+const AUTO_ROTATE_CHECK_MS = 60_000;
 
 /** Checks protected mode; returns a warning to log when --insecure overrides it. */
 export function checkExposure(config: Pick<ServerConfig, 'host' | 'tokensFile' | 'insecure'>): string | null {
@@ -130,9 +135,10 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
 
   const tokens = config.tokensFile ? await AccessTokens.load(config.tokensFile) : null;
   const { keyring, created } = await openKeyring(config);
-  if (keyring.file === null) info({ source: 'FERNET_KEYS', ...describeKeys(keyring.current) }, 'keys loaded from FERNET_KEYS');
-  else if (created) log.warn({ keyring: keyring.file, ...describeKeys(keyring.current) }, 'created a new keyring: back it up, it holds every key');
-  else info({ keyring: keyring.file, ...describeKeys(keyring.current) }, 'loaded keyring');
+  if (keyring.file === null) info({ source: 'FERNET_KEYS', ...describeKeys(keyring.book) }, 'keys loaded from FERNET_KEYS');
+  else if (created) log.warn({ keyring: keyring.file, ...describeKeys(keyring.book) }, 'created a new keyring: back it up, it holds every key');
+  else info({ keyring: keyring.file, ...describeKeys(keyring.book) }, 'loaded keyring');
+  if (await keyring.migrate()) log.warn({ keyring: keyring.file, backup: v1Backup(keyring.file!) }, 'keyring saved in format 2 (named keys: its keys are the key "default"); the old file is kept beside it');
 
   const tlsFiles = config.tlsCert && config.tlsKey ? new TlsFiles(config.tlsCert, config.tlsKey) : null;
   const tls: TlsMaterial | undefined = config.tlsCert && config.tlsKey ? await loadTls(config.tlsCert, config.tlsKey) : undefined;
@@ -145,7 +151,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     info({ configured: config.maxConnections, limit: maxConnections, openFiles: limit }, 'max-connections lowered to fit the open-file limit (raise it with ulimit -n or LimitNOFILE=)');
   }
 
-  const pool = new CryptoPool(defaultThreads(config.workers), keyring.current);
+  const pool = new CryptoPool(defaultThreads(config.workers));
   const service = new CryptService(keyring, { maxKeys: config.maxKeys });
   const throttle = new AuthThrottle({ perConnection: 3, perPeer: config.authFailures, windowMs: 60_000 }, (r) =>
     log.warn({ failures: r.failures, addresses: r.peers, refused: r.refused, blocked: r.blocked }, 'failed authentications in the last minute'),
@@ -153,7 +159,6 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
   const policy = new Policy(tokens, config.getKey, throttle);
   const budget = new MemoryBudget(config.memoryBudget);
   const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, pool, log, limitedPerMinute: config.rotateLimit, budget });
-  keyring.on('change', (set: KeySet) => pool.updateKeys(set));
 
   const limits = {
     host: config.host,
@@ -190,7 +195,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
   }
   if (!log.isLevelEnabled('info') && !options.quiet) say(`listening: ${where.join(', ')}`);
 
-  keyring.on('change', (set: KeySet, reason: string) => info({ reason, ...describeKeys(set) }, 'keys changed'));
+  keyring.on('change', (book: KeyBook, reason: string) => info({ reason, ...describeKeys(book) }, 'keys changed'));
   keyring.on('error', (err: Error) => log.error({ reason: err.message }, 'keyring change ignored'));
   keyring.watch();
   if (tokens) {
@@ -208,6 +213,21 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     tlsFiles.watch();
   }
 
+  // automatic rotation: every server checks; the check is made again inside the keyring update,
+  // so of several servers sharing the keyring exactly one rotates a key that is due
+  const rotateDue = async (): Promise<void> => {
+    if (!keyring.file) return;
+    try {
+      for (const name of await service.autoRotate()) log.info({ keyName: name, primary: keyring.book.key(name).details().primary }, 'key rotated automatically');
+    } catch (err) {
+      log.error({ reason: (err as Error).message }, 'automatic rotation failed; the keys in force stay');
+    }
+    log.debug({ keys: keyring.book.size }, 'keys checked for automatic rotation');
+  };
+  await rotateDue();
+  const rotation = setInterval(() => void rotateDue(), AUTO_ROTATE_CHECK_MS);
+  rotation.unref();
+
   return {
     config,
     keyring,
@@ -216,6 +236,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     tcp,
     http,
     async close() {
+      clearInterval(rotation);
       info({}, 'shutting down');
       await Promise.all([tcp.close(), http?.close()]);
       await pool.close();

@@ -25,8 +25,11 @@ const HASH = 0x23;
 const LF = 0x0a;
 const CR = 0x0d;
 const COLON = 0x3a;
-/** Longest `<head>` (command and options) accepted, in bytes. */
-export const MAX_HEAD = 64;
+/**
+ * Longest `<head>` (command and options) accepted, in bytes: room for every option of the
+ * longest command (`de,ttl=...,key=<64>,context=<344 of base64url for 256 bytes>`).
+ */
+export const MAX_HEAD = 512;
 const MAX_DIGITS = 15;
 /** Bytes of a line not starting with '#' looked at to tell HTTP from a typing mistake. */
 const PROBE = 24;
@@ -84,7 +87,7 @@ export function parseHead(head: string): { command: string; options: Record<stri
   if (comma === -1) return { command, options: null };
   const options: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const part of head.slice(comma + 1).split(',')) {
-    const m = /^([a-z][a-z0-9_]*)=([A-Za-z0-9_.-]*)$/.exec(part);
+    const m = /^([a-z][a-z0-9_]*)=([A-Za-z0-9_.=-]*)$/.exec(part);
     if (!m || Object.hasOwn(options, m[1]!)) return null;
     options[m[1]!] = m[2]!;
   }
@@ -370,9 +373,16 @@ export class FrameDecoder {
 }
 
 /** Encodes a request in the binary-safe length form. */
-export function encodeRequest(command: string, payload: Uint8Array, options?: Readonly<Record<string, string | number>>): Buffer {
+export function encodeRequest(command: string, payload: Uint8Array, options?: Readonly<Record<string, string | number | boolean | undefined>>): Buffer {
   let head = command;
-  if (options) for (const [k, v] of Object.entries(options)) head += `,${k}=${v}`;
+  if (options) {
+    for (const [k, v] of Object.entries(options)) {
+      if (v === undefined) continue;
+      // a value is never allowed to end the head or start another option (`#`, `,`, `:`)
+      if (!/^[a-z][a-z0-9_]*$/.test(k) || !/^[A-Za-z0-9_.=-]*$/.test(String(v))) throw new RangeError(`option ${/^[a-z_]{1,40}$/.test(k) ? k : '(unprintable)'}: a value of letters, digits and . _ - = only`);
+      head += `,${k}=${String(v)}`;
+    }
+  }
   const header = Buffer.from(`#${head}:${payload.length}#`, 'latin1');
   return Buffer.concat([header, payload, TRAILER]);
 }

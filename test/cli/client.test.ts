@@ -28,7 +28,7 @@ t.test('argv mode: en prints a token, de the plaintext, gk the key, ki and in JS
   t.equal(de.out.toString(), 'hello world', 'words joined by spaces, the plaintext exactly');
   t.equal((await client(port, ['de', token], { tty: true })).out.toString(), 'hello world\n', 'a line break is added on a terminal');
   t.equal((await client(port, ['gk'])).out.toString(), server.keyring.current.primary.export() + '\n', 'gk prints the key');
-  t.match(JSON.parse((await client(port, ['ki'])).out.toString()), { keys: [{ state: 'primary' }] }, 'ki prints key metadata as JSON');
+  t.match(JSON.parse((await client(port, ['ki'])).out.toString()), { keys: [{ name: 'default', versions: [{ state: 'primary' }] }] }, 'ki prints key metadata as JSON');
   for (const name of ['in', 'inspect']) {
     const facts = JSON.parse((await client(port, [name, token])).out.toString()) as Record<string, unknown>;
     t.match(facts, { key_id: server.keyring.current.primary.id, key_state: 'primary', age_seconds: Number, created: String }, `${name}: the token's key and age`);
@@ -90,16 +90,25 @@ t.test('stdin: - and a pipe with no words send bytes exactly; an empty pipe is a
 t.test('usage mistakes: unknown commands are named, with the closest; -v; --ttl', async (t) => {
   const { port } = await start(t);
   const cases: Array<[string[], RegExp]> = [
-    [['enc', 'hello'], /^crypt-client: unknown command enc: the commands are en, de, rw, in \(inspect\), ki, gk, rk; did you mean en\?\n$/],
+    [['enc', 'hello'], /^crypt-client: unknown command enc: the commands are en, de, rw, in \(inspect\), ki, ks, kc, kf, kd, gk, rk; did you mean en\?\n$/],
     [['encrypt', 'x'], /did you mean en\?/],
     [['decrypt', 'x'], /did you mean de\?/],
     [['inspct', 'x'], /did you mean inspect\?/],
     [['zzzzzz'], /^crypt-client: unknown command zzzzzz: the commands are [^;]+\n$/],
-    [['de', '--ttl', 'soon', 'x'], /^crypt-client: --ttl: expected a whole number of seconds, got "soon"\n$/],
-    [['en', '--ttl', '5', 'x'], /^crypt-client: --ttl goes with de only\n$/],
+    [['de', '--ttl', 'soon', 'x'], /^crypt-client: --ttl must be a whole number of seconds, 0 or more\n$/],
+    [['en', '--ttl', '5', 'x'], /^crypt-client: --ttl goes with de, not en\n$/],
+    [['gk', '--context', 'eA', 'x'], /^crypt-client: --context goes with en, de, rw, in, not gk\n$/],
+    [['en', '--key', 'Bad#Name', 'x'], /^crypt-client: --key must be a key name: 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit\n$/],
+    [['en', '--context', 'not base64!', 'x'], /^crypt-client: --context must be base64url of 1 to 256 bytes\n$/],
+    [['en', '--key', 'a', '--key', 'b', 'x'], /^crypt-client: --key given more than once\n$/],
+    [['ks', 'a', '--key', 'b'], /^crypt-client: give the key once: crypt-client ks <key>, or --key <key>\n$/],
+    [['kf', 'billing', '--auto-rotate', '5m'], /^crypt-client: --auto-rotate must be off or a period of at least 1h \(3600, 24h, 30d\)\n$/],
+    [['kd', 'billing', '--yes', '--exportable'], /^crypt-client: --exportable goes with kc, kf, not kd\n$/],
+    [['en', '--yes', 'x'], /^crypt-client: --yes goes with kd, not en\n$/],
+    [['ks', 'a', 'b'], /^crypt-client: ks takes one key name: crypt-client ks <key>\n$/],
     [['en', '-secret'], /to encrypt words that start with -, put them after --: crypt-client en -- <message>/],
     [['de', 'a', 'b'], /^crypt-client: de takes one token, got 2 words\n$/],
-    [['gk', 'x'], /^crypt-client: gk takes no argument\n$/],
+    [['ki', 'x'], /^crypt-client: ki takes no argument: crypt-client ki\n$/],
   ];
   for (const [args, message] of cases) {
     const r = await client(port, args);
@@ -181,14 +190,14 @@ t.test('the prompted session, piped: every operation, help, and an exit code tha
   t.match(lines[0], /^gAAAAA/, 'en prints a token');
   t.equal(lines[1], 'earlier', 'de prints the plaintext');
   t.match(JSON.parse(lines[2]!), { key_state: 'primary' }, 'in prints the facts');
-  t.match(JSON.parse(lines[3]!), { keys: [{ state: 'primary' }] }, 'ki prints the keys');
+  t.match(JSON.parse(lines[3]!), { keys: [{ name: 'default', versions: [{ state: 'primary' }] }] }, 'ki prints the keys');
   t.match(lines[4], /^[A-Za-z0-9_-]{43}=$/, 'gk prints the key');
   t.same(lines.slice(5), [''], 'nothing after quit');
   t.match(ok.err, /en\s+encrypt\s+encrypt a message/, 'help lists the operations, on stderr');
   const failing = await client(port, [], { stdin: 'de\nbad\nbogus\nenc\nen\nstill works\n' });
   t.equal(failing.code, 1, 'a piped session in which something failed: exit 1');
   t.match(failing.err, /error: invalid_token: invalid token/, 'a server error is shown and the session goes on');
-  t.match(failing.err, /unknown operation "bogus": choose en, de, rw, in, ki, gk, rk, help, quit/, 'an unknown operation is explained');
+  t.match(failing.err, /unknown operation "bogus": choose en, de, rw, in, ki, ks, kc, kf, kd, gk, rk, help, quit/, 'an unknown operation is explained');
   t.match(failing.err, /unknown operation "enc": .*did you mean en\?/, 'with the closest one');
   t.match(failing.out.toString(), /^gAAAAA/, 'and later operations still run');
   const constructor = await client(port, [], { stdin: 'constructor\ntoString\n' });
@@ -202,6 +211,6 @@ t.test('the prompted session offers what the caller may run', async (t) => {
   await fs.writeFile(tokens, `user ${USER}\n`, { mode: 0o600 });
   const { port } = await start(t, { tokensFile: tokens });
   const user = await client(port, [], { stdin: 'gk\nen\nx\n', env: { CRYPT_TOKEN: USER } });
-  t.match(user.err, /unknown operation "gk": choose en, de, rw, in, ki, help, quit\n/, 'a user is not offered gk or rk');
+  t.match(user.err, /unknown operation "gk": choose en, de, rw, in, ki, ks, help, quit\n/, 'a user is not offered gk, rk or key management');
   t.match(user.out.toString(), /^gAAAAA/, 'and runs what it may');
 });

@@ -7,7 +7,7 @@ import { PassThrough } from 'node:stream';
 import { run } from '../../src/cli/server.js';
 import { memoryIo } from '../helpers/cli.js';
 import { tempDir } from '../helpers/server.js';
-import { Keyring, KeySet } from '../../src/keys/keyring.js';
+import { KeyBook, Keyring } from '../../src/keys/keyring.js';
 
 /** crypt-server in process, to completion (keys commands, startup failures). */
 async function server(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}) {
@@ -38,19 +38,19 @@ t.test('keys init creates a keyring once; keys list has a header, and without a 
   t.equal(none.err, `crypt-server: no keyring at ${keyring}: create one with crypt-server keys init (or start the server with --init)\n`, 'says how to create one');
   const init = await server(['keys', 'init', '--keyring', keyring]);
   t.equal(init.code, 0, 'init: exit 0');
-  t.match(init.out, new RegExp(`^created ${keyring} with one key \\([0-9a-f]{12}\\): back it up, it holds every key\\n$`), 'says what it made');
+  t.match(init.out, new RegExp(`^created ${keyring} with the key default \\([0-9a-f]{12}\\): back it up, it holds every key\\n$`), 'says what it made');
   t.equal(statSync(keyring).mode & 0o777, 0o600, 'owner-only');
   const again = await server(['keys', 'init', '--keyring', keyring]);
   t.equal(again.code, 1, 'a second init: exit 1');
   t.match(again.err, /exists already; nothing was changed/, 'and changes nothing');
   const list = await server(['keys', 'list', '--keyring', keyring]);
-  t.match(list.out, /^ID {12}STATE {4}CREATED\n[0-9a-f]{12}  primary  \S+\n$/, 'list prints a header, then the keys');
+  t.match(list.out, /^NAME {5}DERIVED  EXPORTABLE  AUTO-ROTATE  PRIMARY       VERSIONS\ndefault  no       yes         off          [0-9a-f]{12}  1\n$/, 'list prints a header, then the keys');
   const json = await server(['keys', 'list', '--json', '--keyring', keyring]);
-  t.same(JSON.parse(json.out), { keys: KeySet.parse(await fs.readFile(keyring, 'utf8')).info() }, 'list --json prints the keys as JSON');
+  t.same(JSON.parse(json.out), { keys: [KeyBook.parse(await fs.readFile(keyring, 'utf8')).key('default').details()] }, 'list --json prints the keys as JSON');
   t.equal((await server(['keys', 'rotate', '--keyring', keyring, '--max-keys', '2'])).code, 0, 'rotate');
   const capped = await server(['keys', 'rotate', '--keyring', keyring, '--max-keys', '2']);
   t.equal(capped.code, 1, 'past --max-keys: exit 1');
-  t.match(capped.err, /2 keys decrypt already, the most allowed \(--max-keys 2\): retire old ones first/, 'with the fix');
+  t.match(capped.err, /2 versions of key default decrypt already, the most allowed \(--max-keys 2\): retire old ones first/, 'with the fix');
   t.equal((await server(['keys', 'retire', '--keyring', keyring])).code, 2, 'retire without an id: exit 2');
 });
 
@@ -85,7 +85,7 @@ t.test('a symlinked keyring is resolved once: read and written beside its target
   const rotated = await server(['keys', 'rotate', '--keyring', link]);
   t.equal(rotated.code, 0, 'a rotation through the link works');
   t.ok((await fs.lstat(link)).isSymbolicLink(), 'the link is still a link');
-  t.equal(KeySet.parse(await fs.readFile(real, 'utf8')).info().length, 2, 'the target has the new key');
+  t.equal(KeyBook.parse(await fs.readFile(real, 'utf8')).key('default').info().length, 2, 'the target has the new key');
 });
 
 t.test('startup failures: unreadable keyring, bad FERNET_KEYS, busy ports, configuration', async (t) => {

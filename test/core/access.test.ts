@@ -27,11 +27,17 @@ t.test('parseTokens reads roles, secrets and sha256 digests; bad lines are repor
   t.equal(entries.length, 3, 'three tokens, comments and blanks skipped');
   t.same(problems, [], 'no problem');
   const bad: Array<[string, RegExp]> = [
-    ['user', /^line 1: expected "<role> <secret>"$/],
-    ['root abcdefghijklmnopqrst', /^line 1: role must be user or admin$/],
+    ['user', /^line 1: expected "<role> <secret> \[keys=<pattern>,...\] \[expires=<date>\]"$/],
+    ['root abcdefghijklmnopqrst', /^line 1: role must be admin, user, encrypt or decrypt$/],
     ['\nuser short', /^line 2: secret shorter than 16 bytes \(make one with: openssl rand -hex 32\)$/],
     ['admin sha256:abc', /^line 1: sha256: must be followed by 64 hex digits$/],
     ['user a b c', /^line 1: expected/],
+    [`user ${ADMIN} keys=`, /^line 1: keys= takes key names or patterns such as billing,tenant-\*$/],
+    [`user ${ADMIN} keys=Billing`, /^line 1: keys= takes key names/],
+    [`user ${ADMIN} keys=a,,b`, /^line 1: keys= takes key names/],
+    [`user ${ADMIN} expires=tomorrow`, /^line 1: expected .*, not "expires="$/],
+    [`user ${ADMIN} keys=a keys=b`, /^line 1: expected .*, not "keys="$/],
+    [`user ${ADMIN} scope=all`, /^line 1: expected .*, not "scope="$/],
   ];
   for (const [text, message] of bad) {
     const parsed = parseTokens(`${text}\nuser ${USER}\n`);
@@ -123,16 +129,22 @@ t.test('Policy: who may do what, from the operations table', async (t) => {
   const withTokens = new Policy(tokens, true);
   const without = new Policy(null, true);
   for (const o of OPERATIONS) {
-    const adminOnly = o.role === 'admin';
-    const anyone = o.role === null;
+    const anyone = o.roles === null;
+    const adminOnly = !anyone && o.roles!.length === 0;
     for (const loopback of [true, false]) {
       t.equal(outcome(withTokens, o, null, loopback), anyone ? 'ok' : 'unauthorized', `tokens, no role, ${o.command}`);
-      t.equal(outcome(withTokens, o, 'user', loopback), adminOnly ? 'forbidden' : 'ok', `tokens, user, ${o.command}`);
+      for (const role of ['user', 'encrypt', 'decrypt'] as const) {
+        t.equal(outcome(withTokens, o, role, loopback), anyone || o.roles!.includes(role) ? 'ok' : 'forbidden', `tokens, ${role}, ${o.command}`);
+      }
       t.equal(outcome(withTokens, o, 'admin', loopback), 'ok', `tokens, admin, ${o.command}`);
     }
     t.equal(outcome(without, o, null, true), 'ok', `no tokens, loopback, ${o.command}: ok`);
     t.equal(outcome(without, o, null, false), adminOnly ? 'forbidden' : 'ok', `no tokens, remote, ${o.command}`);
   }
+  const allowed = (role: Role) => OPERATIONS.filter((o) => outcome(withTokens, o, role, false) === 'ok' && o.roles !== null).map((o) => o.command);
+  t.same(allowed('user'), ['en', 'de', 'rw', 'in', 'ki', 'ks'], 'user: the data operations and reading key facts');
+  t.same(allowed('encrypt'), ['en'], 'encrypt: en only');
+  t.same(allowed('decrypt'), ['de', 'in'], 'decrypt: de and inspect only');
   const noKey = new Policy(tokens, false);
   t.throws(() => noKey.authorize(op('gk'), { ...newCaller('tcp', '127.0.0.1'), role: 'admin' }), { code: 'forbidden', message: /key export is disabled on this server \(--no-get-key\)/ }, '--no-get-key refuses even admins');
   t.throws(() => withTokens.authorize(op('rk'), { ...newCaller('tcp', '127.0.0.1'), role: 'user' }), { code: 'forbidden', message: 'rk needs the admin role' }, 'messages name the operation as users type it');
@@ -206,4 +218,56 @@ t.test('Policy: a caller that authenticated before the tokens changed is checked
   t.throws(() => policy.authorize(op('en'), admin), { code: 'unauthorized' }, 'a removed token no longer works for an open caller');
   t.equal(admin.role, null, 'and its role is gone');
   t.equal(admin.tokenId, null, 'and its identity');
+});
+
+t.test('scopes and expiry: keys= patterns limit the named keys, expires= ends a token', async (t) => {
+  const WEB = 'web-tier-secret-0123456789';
+  const BACK = 'back-office-secret-0123456789';
+  const TENANTS = 'tenants-secret-0123456789';
+  const OLD = 'expired-secret-0123456789';
+  const SOON = 'soon-secret-0123456789';
+  const soon = Date.now() + 60_000;
+  const text = [
+    `encrypt ${WEB} keys=billing`,
+    `decrypt ${BACK} keys=billing expires=2999-01-01`,
+    `user ${TENANTS} keys=tenant-*,shared.v1`,
+    `user ${OLD} expires=2000-01-01T00:00:00Z`,
+    `admin ${SOON} expires=${new Date(soon).toISOString()}`,
+    `user ${USER}`,
+  ].join('\n');
+  const parsed = parseTokens(text);
+  t.same(parsed.problems, ['line 4: expired on 2000-01-01T00:00:00.000Z; it grants nothing'], 'an expired line is reported, not fatal');
+  const tokens = await AccessTokens.load(await tokensFile(tempDir(t), text));
+  const policy = new Policy(tokens, true);
+  const as = (secret: string): Caller => {
+    const caller = newCaller('tcp', '192.0.2.1');
+    policy.authenticate(caller, secret);
+    return caller;
+  };
+  const can = (caller: Caller, command: string, key: string): string => {
+    try {
+      policy.authorize(op(command), caller);
+      policy.authorizeKey(caller, key);
+      return 'ok';
+    } catch (err) {
+      return (err as { code: string }).code;
+    }
+  };
+  const web = as(WEB);
+  t.same([can(web, 'en', 'billing'), can(web, 'de', 'billing'), can(web, 'en', 'default'), can(web, 'en', 'billing2')], ['ok', 'forbidden', 'forbidden', 'forbidden'], 'the web tier encrypts with billing, nothing else');
+  const back = as(BACK);
+  t.same([can(back, 'de', 'billing'), can(back, 'in', 'billing'), can(back, 'en', 'billing'), can(back, 'rw', 'billing'), can(back, 'de', 'users')], ['ok', 'ok', 'forbidden', 'forbidden', 'forbidden'], 'the back office decrypts and inspects billing, nothing else');
+  const tenants = as(TENANTS);
+  t.same(['tenant-a', 'tenant-', 'tenant-x.y', 'shared.v1', 'sharedxv1', 'tenant', 'a-tenant-b'].map((k) => can(tenants, 'en', k)), ['ok', 'ok', 'ok', 'ok', 'forbidden', 'forbidden', 'forbidden'], 'patterns: * is any run of name characters, . is a dot');
+  t.throws(() => policy.authorizeKey(tenants, 'billing'), { code: 'forbidden', message: 'this access token may not use the key billing' }, 'the message is the same whether the key exists or not');
+  t.ok(policy.covers(as(USER), 'anything'), 'no keys= covers every key (old files keep working)');
+  t.throws(() => policy.authenticate(newCaller('tcp', '192.0.2.1'), OLD), { code: 'unauthorized', message: 'this access token has expired' }, 'an expired token is unauthorized');
+  const admin = as(SOON);
+  t.equal(can(admin, 'rk', 'default'), 'ok', 'a token works until it expires');
+  const realNow = Date.now;
+  Date.now = () => soon + 1;
+  t.teardown(() => {
+    Date.now = realNow;
+  });
+  t.equal(can(admin, 'rk', 'default'), 'unauthorized', 'and is unauthorized after, on a connection that authenticated before');
 });

@@ -102,7 +102,7 @@ t.test('large payloads go to the pool; the result is a promise, recorded when it
   const { service, policy, keyring } = await dispatcherFor(t);
   const { Dispatcher } = await import('../../src/core/dispatcher.js');
   const { createLogger } = await import('../../src/ops/log.js');
-  const pool = new CryptoPool(1, keyring.current);
+  const pool = new CryptoPool(1);
   t.teardown(() => pool.close());
   const dispatcher = new Dispatcher({ service, policy, maxMessage: 1 << 20, pool, log: createLogger('silent') });
   const records: DispatchRecord[] = [];

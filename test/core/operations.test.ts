@@ -20,7 +20,7 @@ function table(doc: string, heading: string): string[][] {
   return rows;
 }
 
-const role = (o: Operation): string => o.role ?? 'anyone';
+const role = (o: Operation): string => (o.roles === null ? 'anyone' : ['admin', ...o.roles].join(', '));
 const http = (o: Operation): string => (o.http ? `\`${o.http.method} ${o.http.path}\`` : '—');
 
 t.test('the table is well-formed', async (t) => {
@@ -33,7 +33,7 @@ t.test('the table is well-formed', async (t) => {
     t.ok(Boolean(o.data) !== Boolean(o.run), `${o.command}: either a data operation or a main-thread one`);
     t.ok(!o.data || o.input === 'message' || o.input === 'token', `${o.command}: data operations take a message or a token`);
     t.ok(o.result !== 'json' || o.resultSchema, `${o.command}: a JSON result has a schema`);
-    if (o.http) t.match(o.http.example, `{host}${o.http.path}`, `${o.command}: its example calls its route`);
+    if (o.http) t.match(o.http.example, new RegExp(`\\{host\\}${o.http.path.replace(/\{\w+\}/g, '[a-z0-9._-]+')}(?:[?'"]|$)`), `${o.command}: its example calls its route`);
     t.equal(operation(o.command), o, `${o.command}: found by its command`);
   }
   t.equal(COMMAND_LIST, commands.join(', '), 'the list for messages');

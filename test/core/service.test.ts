@@ -2,7 +2,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { join } from 'node:path';
 import { Keyring } from '../../src/keys/keyring.js';
-import { CryptService, DataOps } from '../../src/core/service.js';
+import { CryptService, decryptWith, encryptWith, rewrapWith } from '../../src/core/service.js';
 import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
 import { tempDir } from '../helpers/server.js';
 
@@ -11,40 +11,97 @@ async function service(t: Test, maxKeys?: number) {
   return new CryptService(keyring, { maxKeys });
 }
 
-t.test('the data operations name the key they used', async (t) => {
+const context = (text: string) => Buffer.from(text);
+
+t.test('the data operations name the key version they used', async (t) => {
   const s = await service(t);
+  const keys = () => s.resolve(undefined, null);
   const first = s.keyring.current.primary.id;
-  const enc = s.data.encrypt(Buffer.from('m'));
+  const enc = encryptWith(keys(), Buffer.from('m'));
   t.equal(enc.keyId, first, 'encrypt: the primary');
-  const dec = s.data.decrypt(enc.token, undefined);
-  t.same([dec.plaintext.toString(), dec.keyId], ['m', first], 'decrypt: the plaintext and the key that opened it');
-  await s.rotate();
+  const dec = decryptWith(keys(), enc.token, undefined);
+  t.same([dec.plaintext.toString(), dec.keyId], ['m', first], 'decrypt: the plaintext and the version that opened it');
+  await s.rotate(undefined);
   const second = s.keyring.current.primary.id;
-  t.equal(s.data.decrypt(enc.token, undefined).keyId, first, 'after a rotation, an old token names its old key');
-  const re = s.data.rewrap(enc.token);
+  t.equal(decryptWith(keys(), enc.token, undefined).keyId, first, 'after a rotation, an old token names its old version');
+  const re = rewrapWith(keys(), enc.token);
   t.equal(re.keyId, second, 'rewrap: under the new primary');
   t.equal(decrypt([s.keyring.current.primary], re.token).timestamp, dec.timestamp, 'keeping the timestamp');
   const old = s.keyring.current.primary.encrypt(Buffer.from('old'), Math.floor(Date.now() / 1000) - 100);
-  t.equal(s.data.decrypt(old, 1000).plaintext.toString(), 'old', 'within a ttl');
-  t.throws(() => s.data.decrypt(old, 10), { code: 'invalid_token' }, 'past it: invalid_token');
+  t.equal(decryptWith(keys(), old, 1000).plaintext.toString(), 'old', 'within a ttl');
+  t.throws(() => decryptWith(keys(), old, 10), { code: 'invalid_token' }, 'past it: invalid_token');
 });
 
-t.test('DataOps works over any key set (a worker thread\'s copy)', async (t) => {
+t.test('named keys: each its own versions; an unknown name is unknown_key', async (t) => {
   const s = await service(t);
-  const copy = new DataOps(() => s.keyring.current);
-  t.equal(copy.decrypt(s.data.encrypt(Buffer.from('x')).token, undefined).plaintext.toString(), 'x', 'the same keys, another object');
+  const billing = await s.createKey('billing', { derived: false, exportable: false });
+  t.match(billing, { name: 'billing', derived: false, exportable: false, deletion_allowed: false, auto_rotate: null, versions: [{ state: 'primary' }] }, 'created with the defaults of a new key');
+  await t.rejects(s.createKey('billing', { derived: false, exportable: false }), { code: 'conflict', message: 'a key named billing exists already' }, 'a name is taken once');
+  const token = encryptWith(s.resolve('billing', null), Buffer.from('invoice')).token;
+  t.equal(decryptWith(s.resolve('billing', null), token, undefined).plaintext.toString(), 'invoice', 'billing decrypts its own');
+  t.throws(() => decryptWith(s.resolve(undefined, null), token, undefined), { code: 'invalid_token' }, 'default does not decrypt a billing token');
+  t.throws(() => s.resolve('nosuch', null), { code: 'unknown_key', message: 'no key named nosuch' }, 'an unknown name');
+  t.same(s.keyInfo().keys.map((k) => k.name), ['billing', 'default'], 'keyInfo lists every key, by name');
+  t.same(s.keyInfo((n) => n === 'billing').keys.map((k) => k.name), ['billing'], 'and only those a filter lets through');
+  t.equal(s.inspect('billing', null, token).key_state, 'primary', 'inspect works per key');
+  t.equal(s.inspect(undefined, null, token).key_id, null, 'and says when no version of the key verifies the token');
 });
 
-t.test('key management: getKey, keyInfo, rotate, and the --max-keys cap', async (t) => {
+t.test('derived keys: a context is required, and tokens of one context are invalid under another', async (t) => {
+  const s = await service(t);
+  await s.createKey('users', { derived: true, exportable: false });
+  t.throws(() => s.resolve('users', null), { code: 'bad_request', message: /key users is derived: send a context/ }, 'no context: bad_request');
+  t.throws(() => s.resolve('default', context('x')), { code: 'bad_request', message: /key default is not derived: a context means nothing to it/ }, 'a context to a key that is not derived is refused, not ignored');
+  const a = encryptWith(s.resolve('users', context('tenant-a')), Buffer.from('secret of a'));
+  t.equal(decryptWith(s.resolve('users', context('tenant-a')), a.token, undefined).plaintext.toString(), 'secret of a', 'the same context decrypts');
+  t.throws(() => decryptWith(s.resolve('users', context('tenant-b')), a.token, undefined), { code: 'invalid_token' }, 'another context: invalid_token');
+  t.throws(() => decryptWith(s.resolve('users', context('tenant-a')), encryptWith(s.resolve(undefined, null), Buffer.from('m')).token, undefined), { code: 'invalid_token' }, 'another key: invalid_token');
+  t.not(s.resolve('users', context('tenant-a')).primary.export(), s.keyring.book.key('users').primary.export(), 'the request key is not the root');
+  await s.rotate('users');
+  const keys = s.resolve('users', context('tenant-a'));
+  t.equal(decryptWith(keys, a.token, undefined).plaintext.toString(), 'secret of a', 'after a rotation, old tokens of a context still decrypt');
+  const re = rewrapWith(keys, a.token);
+  t.equal(re.previousKeyId, a.keyId, 'rewrap under the new root, for the same context');
+  t.throws(() => decryptWith(s.resolve('users', context('tenant-b')), re.token, undefined), { code: 'invalid_token' }, 'and the rewrapped token is still only the context\'s');
+  t.match(s.inspect('users', context('tenant-a'), a.token), { key: 'users', key_id: a.keyId, key_state: 'active' }, 'inspect needs the context too');
+  t.match(s.inspect('users', context('tenant-b'), a.token), { key_id: null }, 'and with another, no version verifies it');
+});
+
+t.test('key settings, export, deletion and the --max-keys cap', async (t) => {
   const s = await service(t, 3);
-  const exported = s.getKey();
-  t.equal(FernetKey.from(exported.key).id, exported.id, 'getKey gives the primary and its id');
-  t.same(s.keyInfo().keys.map((k) => k.state), ['primary'], 'one key');
-  const info = await s.rotate();
+  const exported = s.getKey(undefined);
+  t.equal(FernetKey.from(exported.key).id, exported.id, 'getKey gives the default primary and its id (default stays exportable)');
+  await s.createKey('billing', { derived: false, exportable: false });
+  t.throws(() => s.getKey('billing'), { code: 'forbidden', message: /key billing is not exportable/ }, 'a new key is not exportable');
+  t.match(await s.configureKey('billing', { exportable: true }), { exportable: true }, 'until configured so');
+  t.equal(s.getKey('billing').id, s.showKey('billing').primary, 'then it exports its primary');
+  await t.rejects(s.configureKey('billing', {}), { code: 'bad_request', message: /nothing to change/ }, 'a config with nothing is an error');
+  await t.rejects(s.configureKey('billing', { autoRotate: 60 }), { code: 'bad_request', message: /at least 3600 seconds/ }, 'auto_rotate under an hour is refused');
+  t.match(await s.configureKey('billing', { autoRotate: 86_400 }), { auto_rotate: 86_400 }, 'a day is fine');
+  await t.rejects(s.deleteKey('billing', true), { code: 'conflict', message: /may not be deleted: allow it first/ }, 'delete needs deletion_allowed');
+  await s.configureKey('billing', { deletionAllowed: true });
+  await t.rejects(s.deleteKey('billing', false), { code: 'bad_request', message: /confirm it/ }, 'and a confirmation');
+  t.same(await s.deleteKey('billing', true), { deleted: 'billing' }, 'then it goes');
+  t.throws(() => s.resolve('billing', null), { code: 'unknown_key' }, 'for good');
+  await t.rejects(s.deleteKey('default', true), { code: 'conflict', message: /default can't be deleted/ }, 'default never goes');
+
+  const info = await s.rotate(undefined);
   t.match(info, { state: 'primary', id: /^[0-9a-f]{12}$/ }, 'rotate answers the new primary');
-  await s.rotate();
-  await t.rejects(s.rotate(), { code: 'conflict', message: /3 keys decrypt already, the most allowed \(--max-keys 3\): retire old ones first with crypt-server keys retire <id>/ }, 'past --max-keys, rotation is refused with the fix');
-  const oldest = s.keyInfo().keys.at(-1)!.id;
+  await s.rotate(undefined);
+  await t.rejects(s.rotate(undefined), { code: 'conflict', message: /3 versions of key default decrypt already, the most allowed \(--max-keys 3\): retire old ones first with crypt-server keys retire <id>/ }, 'past --max-keys, rotation is refused with the fix');
+  const oldest = s.showKey('default').versions.at(-1)!.id;
   await s.keyring.update((set) => set.withState(oldest, 'retired'));
-  t.match(await s.rotate(), { state: 'primary' }, 'after a retirement it works again');
+  t.match(await s.rotate(undefined), { state: 'primary' }, 'after a retirement it works again');
+});
+
+t.test('autoRotate rotates a key whose primary is older than its period, once', async (t) => {
+  const s = await service(t);
+  await s.createKey('billing', { derived: false, exportable: false });
+  await s.configureKey('billing', { autoRotate: 3600 });
+  const before = s.showKey('billing').primary;
+  t.same(await s.autoRotate(), [], 'a fresh key is not due');
+  const later = Date.now() + 3601_000;
+  t.same(await s.autoRotate(later), ['billing'], 'an hour later it is (default has no period)');
+  t.not(s.showKey('billing').primary, before, 'a new primary');
+  t.same(await s.autoRotate(later), [], 'and the new primary is not due again');
 });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { start, raw, show, tempDir } from '../helpers/server.js';
 import { CLIENT_BIN, SERVER_BIN, cleanEnv, runCli } from '../helpers/cli.js';
 import { python } from '../helpers/python.js';
-import { Keyring, KeySet } from '../../src/keys/keyring.js';
+import { KeyBook, Keyring } from '../../src/keys/keyring.js';
 import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
 import { promises as fs } from 'node:fs';
 
@@ -35,7 +35,7 @@ t.test('rotate over TCP: old tokens still decrypt, new ones need the new key; re
   t.equal(rotated.id, FernetKey.from(await client.getKey()).id, 'gk gives the new key');
   const newKey = await client.getKey();
   t.not(newKey, oldKey, 'a new key');
-  t.same((await client.keyInfo()).keys.map((k) => k.state), ['primary', 'active'], 'ki: new primary, old active');
+  t.same((await client.keyInfo()).keys[0]!.versions.map((k) => k.state), ['primary', 'active'], 'ki: new primary, old active');
   const newToken = await client.encrypt('made after the rotation');
   t.equal((await client.decrypt(oldToken)).toString(), 'made before the rotation', 'old tokens still decrypt');
   const rewrapped = await client.rewrap(oldToken);
@@ -68,15 +68,16 @@ t.test('HTTP: GET /keys, POST /keys/rotate, POST /rewrap (raw, JSON, batch)', as
   const { server } = await start(t, { http: true, httpPort: 0 });
   const base = `http://127.0.0.1:${server.http!.address.port}`;
   const token = (await (await fetch(`${base}/encrypt`, { method: 'POST', body: 'keep me' })).text()).trim();
-  const before = (await (await fetch(`${base}/keys`)).json()) as { keys: Array<{ id: string; state: string; created: string }> };
-  t.equal(before.keys.length, 1, 'one key');
-  t.notOk('key' in before.keys[0]!, 'no key material');
+  type Listed = { keys: Array<{ name: string; versions: Array<{ id: string; state: string; created: string }> }> };
+  const before = ((await (await fetch(`${base}/keys`)).json()) as Listed).keys[0]!.versions;
+  t.equal(before.length, 1, 'one version');
+  t.same(Object.keys(before[0]!).sort(), ['created', 'id', 'state'], 'no key material');
   const rotateRes = await fetch(`${base}/keys/rotate`, { method: 'POST' });
   const rotated = (await rotateRes.json()) as { id: string; state: string };
   t.equal(rotated.state, 'primary', 'rotate answers the new primary');
   t.equal((await fetch(`${base}/keys/rotate`)).status, 405, 'GET /keys/rotate is 405');
-  const after = (await (await fetch(`${base}/keys`)).json()) as { keys: Array<{ id: string; state: string }> };
-  t.same(after.keys.map((k) => [k.id, k.state]), [[rotated.id, 'primary'], [before.keys[0]!.id, 'active']], 'GET /keys shows both');
+  const after = ((await (await fetch(`${base}/keys`)).json()) as Listed).keys[0]!.versions;
+  t.same(after.map((k) => [k.id, k.state]), [[rotated.id, 'primary'], [before[0]!.id, 'active']], 'GET /keys shows both');
   const ts = decrypt(server.keyring.current.decrypting, token).timestamp;
   const rawRe = (await (await fetch(`${base}/rewrap`, { method: 'POST', body: token })).text()).trim();
   const jsonRe = ((await (await fetch(`${base}/rewrap`, { method: 'POST', body: JSON.stringify({ token }), headers: { 'content-type': 'application/json' } })).json()) as { token: string }).token;
@@ -100,20 +101,21 @@ t.test('keys CLI: list, rotate and retire while a server runs; the server follow
 
   const rotated = await keys('rotate');
   t.equal(rotated.code, 0, 'keys rotate: exit 0');
-  const newId = /rotated: ([0-9a-f]{12}) is the new primary key/.exec(rotated.stdout.toString())?.[1];
+  const newId = /rotated default: ([0-9a-f]{12}) is the new primary version/.exec(rotated.stdout.toString())?.[1];
   t.ok(newId, 'names the new primary');
   await waitForLog(new RegExp(`"reason":"reload","primary":"${newId}"`));
   t.equal(server.keyring.current.primary.id, newId, 'the running server picked it up');
   t.equal((await client.decrypt(oldToken)).toString(), 'under the first key', 'on the same connection, old tokens decrypt');
   const listed = await keys('list', '--json');
   t.same(JSON.parse(listed.stdout.toString()), await client.keyInfo(), 'keys list --json prints what ki answers');
-  t.match((await keys('list')).stdout.toString(), new RegExp(`^ID {12}STATE {4}CREATED\\n${newId}  primary  \\S+\\n${first}  active   \\S+\\n$`), 'keys list prints a table');
+  t.match((await keys('list')).stdout.toString(), new RegExp(`^NAME .*\\ndefault  no       yes         off          ${newId}  2\\n$`), 'keys list prints a table');
+  t.match((await keys('show', 'default')).stdout.toString(), new RegExp(`^key default: not derived, exportable, deletion not allowed, automatic rotation off\\nID {12}STATE {4}CREATED\\n${newId}  primary  \\S+\\n${first}  active   \\S+\\n$`), 'keys show prints its versions');
 
   const primary = await keys('retire', newId!);
   t.equal(primary.code, 1, 'retiring the primary: exit 1');
   t.equal(primary.stderr, `crypt-server: key ${newId} is the primary key: rotate first, then retire it\n`, 'says what to do');
   const unknown = await keys('retire', 'ffffffffffff');
-  t.equal(unknown.stderr, 'crypt-server: no key with id ffffffffffff\n', 'an unknown id is an error');
+  t.equal(unknown.stderr, 'crypt-server: no key version with id ffffffffffff: see crypt-server keys list\n', 'an unknown id is an error');
   t.equal((await keys('retire')).code, 2, 'retire without an id is a usage error');
   t.equal((await keys('retire', first)).code, 0, 'retire the old key: exit 0');
   await waitForLog(/"reason":"reload","primary":"[0-9a-f]+","keys":2,"retired":1/);
@@ -140,7 +142,7 @@ t.test('a keyring change that fails to parse is ignored; the server keeps servin
   const client = await connect();
   const token = await client.encrypt('still fine');
   await fs.writeFile(config.keyring, '{"format": "crypt-keyring/1", "keys": []}');
-  await waitForLog(/"reason":"keyring .* is not valid: a keyring needs exactly one primary key, found 0; it was left untouched","msg":"keyring change ignored"/);
+  await waitForLog(/"reason":"keyring .* is not valid: key default needs exactly one primary version, found 0; it was left untouched","msg":"keyring change ignored"/);
   t.equal((await client.decrypt(token)).toString(), 'still fine', 'the keys in force stay');
   t.ok(server.keyring.current.primary, 'a primary is still in force');
 });
@@ -163,7 +165,7 @@ t.test('concurrent rotations from two processes never lose a key', async (t) => 
     const results = await Promise.all([rotation(keyring, env), rotation(keyring, env)]);
     t.same(results.map((r) => r.code), [0, 0], `round ${round}: both rotations succeed`);
   }
-  const set = KeySet.parse(await fs.readFile(keyring, 'utf8'));
+  const set = KeyBook.parse(await fs.readFile(keyring, 'utf8')).key('default');
   t.equal(set.info().length, 11, 'the first key and all ten rotations are in the keyring');
   t.equal(set.info().filter((k) => k.state === 'primary').length, 1, 'exactly one primary');
 });

@@ -2,7 +2,7 @@ import t from 'tap';
 import { promises as fs, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
-import { Keyring, KeySet } from '../../src/keys/keyring.js';
+import { DerivedKeys, KeyBook, Keyring, KeySet, NEW_KEY_SETTINGS, v1Backup } from '../../src/keys/keyring.js';
 import { FileStore } from '../../src/keys/store.js';
 import type { KeyStore } from '../../src/keys/store.js';
 import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
@@ -43,7 +43,7 @@ t.test('a keyring that cannot be read or parsed is an error and stays untouched'
   const cases: Array<[string, unknown, RegExp]> = [
     ['empty file', '', /not valid JSON/],
     ['wrong format', { keys: [] }, /not a keyring/],
-    ['no primary', { format: 'crypt-keyring/1', keys: [] }, /exactly one primary key, found 0/],
+    ['no primary', { format: 'crypt-keyring/1', keys: [] }, /key default needs exactly one primary version, found 0/],
     ['bad key', { format: 'crypt-keyring/1', keys: [{ id: 'x', state: 'primary', created: null, key: 'nope' }] }, /key 1: "key" is not a Fernet key/],
     ['bad state', { format: 'crypt-keyring/1', keys: [{ id: key.id, state: 'on', created: null, key: key.export() }] }, /"state" must be/],
     ['wrong id', { format: 'crypt-keyring/1', keys: [{ id: 'abc', state: 'primary', created: null, key: key.export() }] }, /does not match its key/],
@@ -52,7 +52,7 @@ t.test('a keyring that cannot be read or parsed is an error and stays untouched'
   ];
   for (const [name, doc, message] of cases) {
     const text = typeof doc === 'string' ? doc : JSON.stringify(doc);
-    const err = (() => { try { KeySet.parse(text); return null; } catch (e) { return e as Error; } })();
+    const err = (() => { try { KeyBook.parse(text); return null; } catch (e) { return e as Error; } })();
     t.match(err?.message, message, `${name} is refused with a clear message`);
     t.notMatch(err?.message ?? '', key.export().slice(0, 20), `${name}: the message shows no key`);
   }
@@ -95,10 +95,10 @@ t.test('rotation, retirement and reactivation', async (t) => {
   t.equal(decrypt(keyring.current.decrypting, oldToken).plaintext.toString(), 'old', 'old tokens still decrypt');
   t.same(changes, ['update'], 'a change event');
   await t.rejects(keyring.update((s) => s.withState(rotated.primary.id, 'retired')), { code: 'conflict', message: /primary key: rotate first/ }, 'the primary cannot be retired');
-  await t.rejects(keyring.update((s) => s.withState('000000000000', 'retired')), { code: 'not_found', message: 'no key with id 000000000000' }, 'an unknown id is an error');
+  await t.rejects(keyring.update((s) => s.withState('000000000000', 'retired')), { code: 'not_found', message: 'no key version with id 000000000000' }, 'an unknown id is an error');
   await keyring.update((s) => s.withState(first.id, 'retired'));
   t.throws(() => decrypt(keyring.current.decrypting, oldToken), { code: 'invalid_token' }, 'tokens of a retired key stop decrypting');
-  const onDisk = KeySet.parse(await fs.readFile(file, 'utf8'));
+  const onDisk = KeyBook.parse(await fs.readFile(file, 'utf8')).key('default');
   t.same(onDisk.info().map((i) => i.state), ['primary', 'retired'], 'the retired key stays in the file');
   await keyring.update((s) => s.withState(first.id, 'active'));
   t.equal(decrypt(keyring.current.decrypting, oldToken).plaintext.toString(), 'old', 'reactivated, it decrypts again');
@@ -109,7 +109,7 @@ t.test('concurrent updates in one process never lose a key', async (t) => {
   await Keyring.open({ file }, { create: true });
   const handles = await Promise.all(Array.from({ length: 5 }, () => Keyring.open({ file })));
   await Promise.all(handles.flatMap((h) => [h.keyring.update((s) => s.rotated()), h.keyring.update((s) => s.rotated())]));
-  const final = KeySet.parse(await fs.readFile(file, 'utf8'));
+  const final = KeyBook.parse(await fs.readFile(file, 'utf8')).key('default');
   t.equal(final.info().length, 11, 'the first key and all ten rotations are there');
 });
 
@@ -123,9 +123,9 @@ t.test('reload picks up other writers and ignores a broken change', async (t) =>
   t.teardown(() => { keyring.close(); clearInterval(keepAlive); });
   const changed = once(keyring, 'change');
   await other.update((s) => s.rotated());
-  const [set, reason] = (await changed) as [KeySet, string];
+  const [book, reason] = (await changed) as [KeyBook, string];
   t.equal(reason, 'reload', 'the watcher reloaded');
-  t.equal(set.primary.id, other.current.primary.id, 'and sees the new primary');
+  t.equal(book.key('default').primary.id, other.current.primary.id, 'and sees the new primary');
 
   // one change can be seen more than once (inotify and polling): wait for the error expected
   const nextError = (pattern: RegExp) => new Promise<Error>((resolve) => {
@@ -143,7 +143,7 @@ t.test('reload picks up other writers and ignores a broken change', async (t) =>
   t.equal(keyring.current.primary.id, inForce, 'and the keys in force stay');
 
   const loose = nextError(/run chmod 600/);
-  await fs.writeFile(file, other.current.serialize());
+  await fs.writeFile(file, other.book.serialize());
   await fs.chmod(file, 0o644);
   t.match((await loose).message, /run chmod 600/, 'a file opened to others is not loaded');
   const gone = nextError(/has disappeared; keeping the keys in force/);
@@ -185,5 +185,5 @@ t.test('the storage seam: compare-and-swap, and an update retried when another w
   });
   t.equal(calls, 2, 'the change ran again on the latest keys');
   t.equal(next.info().length, 3, "both rotations are kept: the other writer's and this one");
-  t.same(KeySet.parse(await fs.readFile(file, 'utf8')).info().map((k) => k.id), next.info().map((k) => k.id), 'as on disk');
+  t.same(KeyBook.parse(await fs.readFile(file, 'utf8')).key('default').info().map((k) => k.id), next.info().map((k) => k.id), 'as on disk');
 });

@@ -27,7 +27,7 @@ t.test('a full session at trace level logs no plaintext, token or key', async (t
   const text = logs.join('');
   // the search below means something only if the session was logged in detail
   for (const msg of ['connection opened', 'request', 'keys changed']) t.match(text, `"msg":"${msg}"`, `the log has "${msg}" lines`);
-  t.match(text, /"op":"de","keyId":null,"outcome":"invalid_token"/, 'failed requests are logged with their outcome');
+  t.match(text, /"op":"de","keyName":"default","keyId":null,"outcome":"invalid_token"/, 'failed requests are logged with their outcome');
   for (const [name, secret] of Object.entries({ plaintext, token, key, newKey, rewrapped })) {
     t.notOk(text.includes(secret), `no ${name} in the logs`);
     t.notOk(text.includes(secret.slice(0, 24)), `not even part of the ${name}`);

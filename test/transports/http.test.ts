@@ -137,7 +137,7 @@ t.test('GET /key mirrors gk; /health; the OpenAPI document describes every route
   t.match((await app.inject({ method: 'GET', url: '/' })).json(), { service: 'crypt', docs: '/docs' }, 'an index');
   const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as { openapi: string; paths: Record<string, Record<string, { requestBody?: { content: Record<string, unknown> }; responses: Record<string, unknown> }>> };
   t.match(doc.openapi, /^3\./, 'OpenAPI 3');
-  t.same(Object.keys(doc.paths).sort(), ['/decrypt', '/encrypt', '/health', '/inspect', '/key', '/keys', '/keys/rotate', '/rewrap'], 'every route, and only the real ones');
+  t.same(Object.keys(doc.paths).sort(), ['/decrypt', '/encrypt', '/health', '/inspect', '/key', '/keys', '/keys/{key}', '/keys/{key}/config', '/keys/{key}/rotate', '/rewrap'], 'every route, and only the real ones (the old /keys/rotate works, undocumented)');
   for (const url of ['/encrypt', '/decrypt', '/rewrap']) {
     t.same(Object.keys(doc.paths[url]!.post!.requestBody!.content).sort(), [...RAW, 'application/json'].sort(), `${url}: raw and JSON bodies documented`);
     t.ok(doc.paths[url]!.post!.responses['200'] && doc.paths[url]!.post!.responses['413'], `${url}: responses documented`);
@@ -227,10 +227,10 @@ t.test('a malformed batch item fails alone; a fault in an item is logged', async
   ], 'each malformed item has its own error; the good one is answered');
   const enc = (await app.inject({ method: 'POST', url: '/encrypt', ...json({ batch: [{ plaintext: 5 }, { plaintext: 'fine' }] }) })).json() as { batch: unknown[] };
   t.match(enc.batch, [{ error: { code: 'bad_request', message: '"plaintext" must be a string' } }, { token: String }], 'encrypt too');
-  const broken = service.data.encrypt;
-  service.data.encrypt = () => { throw new TypeError('a bug'); };
+  const resolve = service.resolve;
+  service.resolve = () => { throw new TypeError('a bug'); };
   const faulty = (await app.inject({ method: 'POST', url: '/encrypt', ...json({ batch: [{ plaintext: 'a' }, { plaintext: 'b' }] }) })).json() as { batch: unknown[] };
-  service.data.encrypt = broken;
+  service.resolve = resolve;
   t.match(faulty.batch, [{ error: { code: 'internal' } }, { error: { code: 'internal' } }], 'a fault fails its items');
   t.equal(logs.filter((l) => l.includes('"msg":"internal error"')).length, 2, 'and each is logged');
 });
@@ -238,8 +238,11 @@ t.test('a malformed batch item fails alone; a fault in an item is logged', async
 t.test('validation messages name the field and what was expected', async (t) => {
   const { app } = await httpApp(t);
   const cases: Array<[string, unknown, string]> = [
-    ['/encrypt', { message: 'x' }, 'unknown field "message": expected "plaintext" or "plaintext_base64"'],
-    ['/decrypt', { tokn: 'x' }, 'unknown field "tokn": expected "token" and optionally "ttl" or "encoding"'],
+    ['/encrypt', { message: 'x' }, 'unknown field "message": expected "plaintext" or "plaintext_base64" and optionally "key" or "context"'],
+    ['/decrypt', { tokn: 'x' }, 'unknown field "tokn": expected "token" and optionally "ttl" or "key" or "context" or "encoding"'],
+    ['/encrypt', { plaintext: 'x', key: 'Not A Name' }, "key must be a key name: 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"],
+    ['/encrypt', { plaintext: 'x', context: 'dGVuYW50' }, 'key default is not derived: a context means nothing to it, send none'],
+    ['/encrypt', { plaintext: 'x', context: '' }, 'context must be base64url of 1 to 256 bytes'],
     ['/encrypt', { plaintext: 'a', plaintext_base64: 'YQ==' }, 'send "plaintext" or "plaintext_base64", not both'],
     ['/encrypt', {}, 'expected "plaintext" (a string) or "plaintext_base64"'],
     ['/decrypt', { token: 'x', ttl: 'soon' }, 'ttl must be a whole number of seconds, 0 or more'],

@@ -121,12 +121,15 @@ t.test('a large payload in many chunks is joined once and exactly', async (t) =>
 t.test('parseHead', async (t) => {
   t.same(parseHead('en'), { command: 'en', options: null }, 'bare command');
   t.same(parseHead('de,ttl=60,x=a.b-c'), { command: 'de', options: { ttl: '60', x: 'a.b-c' } }, 'options');
-  for (const bad of ['', 'e n', 'de,', 'de,ttl', 'de,=1', 'de,Ttl=1', 'de,ttl=1=2', 'x'.repeat(17)]) t.equal(parseHead(bad), null, `rejects ${JSON.stringify(bad)}`);
+  t.same(parseHead('en,key=users,context=dGVuYW50LTQy,pad=dA=='), { command: 'en', options: { key: 'users', context: 'dGVuYW50LTQy', pad: 'dA==' } }, 'base64url values, padded or not (the dispatcher checks each value)');
+  for (const bad of ['', 'e n', 'de,', 'de,ttl', 'de,=1', 'de,Ttl=1', 'de,ttl=1,ttl=2', 'de,ttl=a/b', 'de,ttl=a+b', 'x'.repeat(17)]) t.equal(parseHead(bad), null, `rejects ${JSON.stringify(bad)}`);
 });
 
 t.test('requests encode to the length form', async (t) => {
   t.equal(encodeRequest('de', Buffer.from('tok'), { ttl: 60 }).toString(), '#de,ttl=60:3#tok#\n', 'with options');
   t.equal(encodeRequest('gk', Buffer.alloc(0)).toString(), '#gk:0##\n', 'empty');
+  t.equal(encodeRequest('en', Buffer.from('m'), { key: 'billing', context: undefined, exportable: true }).toString(), '#en,key=billing,exportable=true:1#m#\n', 'undefined options are left out, booleans spelled');
+  for (const bad of ['a#b', 'a,b', 'a:b', 'a b', 'a\n']) t.throws(() => encodeRequest('en', Buffer.from('m'), { key: bad }), RangeError, `a value ${JSON.stringify(bad)} can't end the head or add an option`);
 });
 
 t.test('limits can differ per command, and the error names the command and its limit', async (t) => {

@@ -20,6 +20,7 @@ import { newCaller } from '../../core/access.js';
 import type { Caller } from '../../core/access.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
 import { admit } from './limits.js';
+import { fastifyPath } from './routes.js';
 import { OPERATIONS } from '../../core/operations.js';
 import type { Operation } from '../../core/operations.js';
 
@@ -90,7 +91,9 @@ export const authPlugin = fp<{ dispatcher: Dispatcher; hosts: HostRules }>(async
     if (busy) return done(busy);
     done();
   };
-  const ops = new Map<string, Operation>(OPERATIONS.flatMap((o) => (o.http ? [[`${o.http.method} ${o.http.path}`, o] as [string, Operation]] : [])));
+  const ops = new Map<string, Operation>(
+    OPERATIONS.flatMap((o) => (o.http ? [o.http.path, ...(o.http.alias ? [o.http.alias] : [])].map((p) => [`${o.http!.method} ${fastifyPath(p)}`, o] as [string, Operation]) : [])),
+  );
   // added to each route after the rate limit's own hook (also per route), so a request is
   // counted before its token is checked
   app.addHook('onRoute', (route) => {

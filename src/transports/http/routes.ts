@@ -163,14 +163,16 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
 
   for (const op of OPERATIONS) {
     if (!op.http) continue;
-    app.route({
+    for (const path of [op.http.path, ...(op.http.alias ? [op.http.alias] : [])]) {
+      app.route({
       method: op.http.method,
-      url: op.http.path,
-      schema: routeSchema(op),
+      url: fastifyPath(path),
+      schema: path === op.http.path ? routeSchema(op) : { hide: true },
       // bodies are checked in code, item by item (see the rules above)
       validatorCompiler: () => () => true,
       handler: async (req, reply) => {
-        const query = (req.query ?? {}) as Record<string, unknown>;
+        // options from the query string, and the path's {key}
+        const query = { ...((req.query ?? {}) as Record<string, unknown>), ...((req.params ?? {}) as Record<string, unknown>) };
         const body = req.body;
         if (Buffer.isBuffer(body) || op.input === 'none') {
           const options = op.input === 'none' && body && typeof body === 'object' && !Buffer.isBuffer(body) ? { ...query, ...itemOf(op, body, {}).options } : query;
@@ -181,7 +183,8 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
         const item = itemOf(op, json, query);
         return jsonResult(op, await run(op, req, item.input, item.options), item.base64);
       },
-    });
+      });
+    }
   }
 
   app.get('/', { schema: { hide: true } }, async () => ({
@@ -196,13 +199,19 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
   // every other method on a known path: 405 with Allow and a usage line
   const paths = new Map<string, { allow: string[]; example: string }>();
   for (const op of OPERATIONS) {
-    if (op.http) paths.set(op.http.path, { allow: op.http.method === 'GET' ? ['GET', 'HEAD'] : [op.http.method], example: op.http.example });
+    if (!op.http) continue;
+    // an alias is a path of its own (GET /keys/rotate is 405, not the key named rotate)
+    for (const path of [op.http.path, ...(op.http.alias ? [op.http.alias] : [])]) {
+      const known = paths.get(path) ?? { allow: [], example: op.http.example };
+      known.allow.push(...(op.http.method === 'GET' ? ['GET', 'HEAD'] : [op.http.method]));
+      paths.set(path, known);
+    }
   }
   paths.set('/health', { allow: ['GET', 'HEAD'], example: 'curl http://{host}/health' });
-  for (const [url, { allow, example }] of paths) {
+  for (const [path, { allow, example }] of paths) {
     app.route({
       method: METHODS.filter((m) => !allow.includes(m)),
-      url,
+      url: fastifyPath(path),
       schema: { hide: true },
       config: { rateLimit: false },
       handler: async (req, reply: FastifyReply) => {
@@ -212,6 +221,9 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
     });
   }
 });
+
+/** A table path (`/keys/{key}`) as Fastify writes it (`/keys/:key`). */
+export const fastifyPath = (path: string): string => path.replace(/\{(\w+)\}/g, ':$1');
 
 function usageHost(req: FastifyRequest): string {
   const host = req.headers.host ?? '';

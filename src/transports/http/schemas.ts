@@ -5,7 +5,7 @@
  * wrongly typed field fails alone and every message names the field.
  */
 import type { FastifySchema } from 'fastify';
-import type { InputKind, Operation, ResultKind } from '../../core/operations.js';
+import type { InputKind, Operation, OptionSpec, ResultKind } from '../../core/operations.js';
 
 /** The error body, shared by every route. */
 export const errorSchema = {
@@ -40,9 +40,17 @@ const inputProperties = (kind: InputKind): Record<string, object> =>
       ? { token: { type: 'string', description: 'a Fernet token; whitespace around it is ignored' } }
       : {};
 
-function optionProperties(op: Operation, json: boolean): Record<string, object> {
+const JSON_TYPES: Record<OptionSpec['kind'], object> = {
+  seconds: { type: 'integer', minimum: 0 },
+  name: { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' },
+  context: { type: 'string', description: 'base64url, 1 to 256 bytes' },
+  bool: { type: 'boolean' },
+  period: { type: 'string', description: 'off, or seconds (at least 3600), or 24h, 30d' },
+};
+
+function optionProperties(op: Operation, json: boolean, entries: ReadonlyArray<[string, OptionSpec]> = [...op.options.entries()]): Record<string, object> {
   const out: Record<string, object> = {};
-  for (const [name, spec] of op.options) out[name] = json ? { type: 'integer', minimum: 0, description: spec.describe } : { type: 'string', pattern: '^[0-9]{1,15}$', description: spec.describe };
+  for (const [name, spec] of entries) out[name] = { ...(json ? JSON_TYPES[spec.kind] : { type: 'string' }), description: spec.describe };
   if (op.result === 'plaintext' && json) out.encoding = { type: 'string', enum: ['auto', 'base64'], description: 'base64: answer plaintext_base64 even for UTF-8 text' };
   return out;
 }
@@ -78,10 +86,13 @@ function okResponse(op: Operation): object {
 export function routeSchema(op: Operation): FastifySchema {
   const schema: Record<string, unknown> = {
     summary: op.summary,
-    description: `TCP: #${op.command}#...#. Role: ${op.role ?? 'anyone'}.`,
+    description: `TCP: #${op.command}#...#. Roles: ${op.roles === null ? 'anyone' : ['admin', ...op.roles].join(', ')}.`,
     response: { 200: okResponse(op), ...Object.fromEntries([400, 401, 403, 413, 415, 429, 503].map((s) => [s, errorRef])) },
   };
-  if (op.options.size > 0) schema.querystring = { type: 'object', properties: optionProperties(op, false) };
+  const inPath = [...op.http!.path.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!);
+  if (inPath.length > 0) schema.params = { type: 'object', properties: Object.fromEntries(inPath.map((p) => [p, { type: 'string', description: op.options.get(p)?.describe ?? p }])), required: inPath };
+  const queried = [...op.options.entries()].filter(([name]) => !inPath.includes(name));
+  if (queried.length > 0) schema.querystring = { type: 'object', properties: optionProperties(op, false, queried) };
   if (op.input === 'message' || op.input === 'token') {
     const item = { ...inputProperties(op.input), ...optionProperties(op, true) };
     schema.body = {
