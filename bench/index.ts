@@ -3,7 +3,7 @@
  *
  *   npm run bench                  the full run (about 15 minutes on 2 cores)
  *   npm run bench -- --quick       shorter measurements, for a first look
- *   npm run bench -- --only tcp    some suites: fernet, tcp, http, memory, attacks
+ *   npm run bench -- --only tcp    some suites: fernet, tcp, keys, http, memory, attacks
  *   npm run bench -- --compare <dist/server/index.js of another build>
  *                                  adds that build as "crypt (compared)" beside crypt in the TCP and
  *                                  HTTP suites (run with the flags both builds know)
@@ -21,6 +21,8 @@ import { runHttp } from './http.js';
 import type { HttpResult } from './http.js';
 import { httpBatchFlood, idleConnections, largeInFlight, pipelineFlood, slowSegments } from './memory.js';
 import type { AttackResult } from './memory.js';
+import { keyChoice, keyringLoad, manyContexts } from './keys.js';
+import type { KeyChoiceResult, KeyringLoad } from './keys.js';
 import { PATHS, startCrypt, startProcess } from './servers.js';
 import type { Running } from './servers.js';
 import { format, machine, median, table } from './stats.js';
@@ -90,6 +92,7 @@ interface Results {
   settings: { seconds: number; rounds: number; quick: boolean };
   fernet?: { results: CoreResult[]; python: string | null };
   tcp?: Record<string, Record<string, LoadResult>>;
+  keys?: { choice: KeyChoiceResult; load: KeyringLoad[]; contexts: Array<{ contexts: number; rssMiB: number }> };
   http?: Record<string, HttpResult>;
   memory?: { crypt: { before: number; idle: number; perConnectionKiB: number }; baseline: { before: number; idle: number; perConnectionKiB: number }; largeInFlight: { rps: number; p50: number; p99: number; peakMiB: number; errors: number } };
   attacks?: { budgetMiB: number; pipelineFlood: AttackResult; httpBatchFlood: AttackResult; slowSegments: AttackResult };
@@ -124,6 +127,17 @@ async function main(): Promise<void> {
       log(table(['server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'crypt ÷ this'], rows.map((r) => [...r, r[0] === 'crypt' ? '' : `${(crypt / (r[1] as number)).toFixed(2)}x`])) + '\n');
       results.tcp[s.name] = figures;
     }
+  }
+
+  if (want('keys')) {
+    log('Named keys: TCP pipelined (8 connections, 16 in flight each), 100-byte messages, the three loads alternating on one server');
+    const choice = await keyChoice(seconds, rounds);
+    log(table(['request options', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'this ÷ none'], (Object.entries({ 'none (the key default)': choice.none, 'key=billing': choice.named, 'key=users,context=... (derived, cached)': choice.derived }) as Array<[string, LoadResult]>).map(([n, r]) => [n, r.rps, r.p50, r.p99, r.errors, `${(r.rps / choice.none.rps).toFixed(2)}x`])));
+    const load = [await keyringLoad(0, rounds), await keyringLoad(10_000, rounds)];
+    log(table(['named keys in the keyring', 'start to listening ms', 'RSS then MiB'], load.map((l) => [l.keys, l.startMs, l.rssMiB])));
+    const contexts = await manyContexts(quick ? [10_000, 50_000] : [10_000, 50_000, 200_000]);
+    log(table(['distinct contexts used', 'server RSS MiB'], contexts.map((c) => [c.contexts, c.rssMiB])) + '\n');
+    results.keys = { choice, load, contexts };
   }
 
   if (want('http')) {
@@ -226,6 +240,16 @@ function targets(r: Results): Array<{ target: string; measured: string; met: boo
     const bound = r.attacks.budgetMiB + 128;
     for (const [name, a] of [['TCP pipelined 1 MiB frames', r.attacks.pipelineFlood], ['HTTP 1 MiB batches', r.attacks.httpBatchFlood], ['one-byte segments', r.attacks.slowSegments]] as const) {
       out.push({ target: `${name}: peak RSS < budget + 128 MiB (${bound} MiB)`, measured: `${format(a.peakMiB)} MiB`, met: a.peakMiB < bound });
+    }
+  }
+  if (r.keys) {
+    ratioTarget('TCP pipelined with key= >= 0.95x without', r.keys.choice.named.rps, r.keys.choice.none.rps, 0.95);
+    ratioTarget('TCP pipelined with a derived key (cache hit) >= 0.9x without', r.keys.choice.derived.rps, r.keys.choice.none.rps, 0.9);
+    const many = r.keys.load.find((l) => l.keys === 10_000);
+    if (many) {
+      out.push({ target: '10,000 named keys: start to listening < 1 s', measured: `${format(many.startMs)} ms`, met: many.startMs < 1000 });
+      const mb = (many.rssMiB * 1048576) / 1e6;
+      out.push({ target: '10,000 named keys: < 100 MB RSS', measured: `${format(mb)} MB (${format(many.rssMiB)} MiB)`, met: mb < 100 });
     }
   }
   const lat = tcp('sequential, 16', 'crypt');

@@ -28,6 +28,8 @@ export interface LoadOptions {
   messageSize?: number;
   /** Extra connections that keep a 1 MiB encrypt-then-decrypt in flight the whole time (not counted). */
   heavy?: number;
+  /** Options on every request, as the TCP head carries them (`,key=billing`); none by default. */
+  options?: string;
 }
 
 /** What it measured: requests and latencies over the measured window; errors over the whole run. */
@@ -103,9 +105,11 @@ async function persistent(o: LoadOptions, first: number, state: State): Promise<
     state.errors++;
   });
   let out = '';
+  const en = `#en${o.options ?? ''}#`;
+  const de = `#de${o.options ?? ''}#`;
   const start = performance.now();
   for (let c = 0; c < depth; c++) {
-    out += `#en#${messages[c]}#\n`;
+    out += `${en}${messages[c]}#\n`;
     push(c, start);
   }
   socket.write(out, 'latin1');
@@ -131,14 +135,14 @@ async function persistent(o: LoadOptions, first: number, state: State): Promise<
       if (line.charCodeAt(0) === 35) {
         state.errors++;
         decrypting[chain] = 0;
-        next = `#en#${messages[chain]}#\n`;
+        next = `${en}${messages[chain]}#\n`;
       } else if (decrypting[chain] === 0) {
         decrypting[chain] = 1;
-        next = `#de#${line}#\n`;
+        next = `${de}${line}#\n`;
       } else {
         if (line !== messages[chain]) state.errors++;
         decrypting[chain] = 0;
-        next = `#en#${messages[chain]}#\n`;
+        next = `${en}${messages[chain]}#\n`;
       }
       if (!state.stopped) {
         out += next;

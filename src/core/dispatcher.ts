@@ -85,6 +85,8 @@ export class Dispatcher {
   readonly #observers: Observer[] = [];
   readonly #logged = new WeakSet<Error>();
   #seq = 0;
+  /** The options checked for each cached TCP head (see #checkOptions). */
+  readonly #checked = new WeakMap<object, { op: Operation; options: Options }>();
   readonly #limitedPerMinute: number;
   #limitedRuns: number[] = [];
 
@@ -221,24 +223,38 @@ export class Dispatcher {
     }
   }
 
+  /**
+   * Checks options (a Map from TCP, an object from HTTP) for the operation. What was checked of
+   * a TCP head is remembered with the head (src/wire/frames.ts caches heads): a client that
+   * sends `#en,key=billing#` again and again has it checked once.
+   */
   #checkOptions(op: Operation, raw: unknown): Options {
+    if (raw instanceof Map) {
+      const known = this.#checked.get(raw);
+      if (known && known.op === op) return known.options;
+      const options = this.#check(op, [...(raw as ReadonlyMap<string, unknown>).entries()]);
+      this.#checked.set(raw, { op, options });
+      return options;
+    }
     if (typeof raw !== 'object' || raw === null) throw new CryptError('bad_request', 'options must be an object');
-    const names = Object.keys(raw);
+    return this.#check(op, Object.entries(raw));
+  }
+
+  #check(op: Operation, entries: ReadonlyArray<[string, unknown]>): Options {
     const out: Options = {};
-    for (const name of names) {
+    for (const [name, value] of entries) {
       const spec = op.options.get(name);
       if (!spec) {
         const known = op.options.size > 0 ? `; its options: ${[...op.options.keys()].join(', ')}` : '';
         throw new CryptError('bad_request', `${op.command} has no option ${/^[A-Za-z0-9_.-]{1,32}$/.test(name) ? name : '(unprintable)'}${known}`);
       }
-      const value = (raw as Record<string, unknown>)[name];
       if (value === undefined || value === null) continue;
       (out as Record<string, unknown>)[spec.field] = optionValue(name, spec, value);
     }
     for (const [name, spec] of op.options) {
       if (spec.required && (out as Record<string, unknown>)[spec.field] === undefined) throw new CryptError('bad_request', `${op.command} needs the option ${name}: ${spec.describe}`);
     }
-    return names.length === 0 ? EMPTY : out;
+    return entries.length === 0 ? EMPTY : Object.freeze(out);
   }
 
   #report(id: string, op: Operation, caller: Caller, options: Options, bytesIn: number, start: number, outcome: string, result: unknown): void {

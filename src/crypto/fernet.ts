@@ -81,26 +81,24 @@ const givenMac = Buffer.allocUnsafeSlow(MAC);
 /** A Fernet key: a 128-bit signing key and a 128-bit encryption key, with a non-secret id. */
 export class FernetKey {
   #id: string | null = null;
-  /** HKDF's pseudorandom key for keys derived from this one, made on first use. */
+  /** HKDF's pseudorandom key for keys derived from this one. */
   #prk: Buffer | null = null;
   readonly #secret: Buffer;
-  readonly #ipad: Buffer;
-  readonly #opad: Buffer;
-  /** The AES contexts, made on first use: a key that never encrypts (one of 10,000 named keys, an old version) costs no cipher. */
+  /*
+   * Everything below is made on first use, so a key that is only held (one of 10,000 named
+   * keys, an old version) costs its 32 bytes and little more.
+   */
+  /** HMAC's inner and outer pads: ipad in [0, 64), opad in [64, 128). */
+  #pads: Buffer | null = null;
+  /** The AES contexts. */
   #enc: Cipher | null = null;
   #dec: Decipher | null = null;
-  #encChain: Buffer = Buffer.alloc(BLOCK);
-  readonly #decChain: Buffer = Buffer.alloc(BLOCK);
+  /** The last ciphertext block each context chained from (see encryptWith); never written in place when shared. */
+  #encChain: Buffer = ZERO_BLOCK;
+  #decChain: Buffer | null = null;
 
   private constructor(secret: Buffer) {
     this.#secret = secret;
-    const signing = secret.subarray(0, 16);
-    this.#ipad = Buffer.alloc(HMAC_BLOCK, 0x36);
-    this.#opad = Buffer.alloc(HMAC_BLOCK, 0x5c);
-    for (let i = 0; i < signing.length; i++) {
-      this.#ipad[i]! ^= signing[i]!;
-      this.#opad[i]! ^= signing[i]!;
-    }
   }
 
   /** A short public fingerprint of the key: hex of a domain-separated SHA-256, never the key. */
@@ -189,6 +187,32 @@ export class FernetKey {
     return buf.toString('base64url', t, t + size) + PADDING[size % 3];
   }
 
+  #makePads(): Buffer {
+    const pads = Buffer.alloc(2 * HMAC_BLOCK, 0x36);
+    pads.fill(0x5c, HMAC_BLOCK);
+    for (let i = 0; i < 16; i++) {
+      pads[i]! ^= this.#secret[i]!;
+      pads[HMAC_BLOCK + i]! ^= this.#secret[i]!;
+    }
+    return (this.#pads = pads);
+  }
+
+  /**
+   * Frees what this key made on first use (the AES contexts' native memory at once, rather than
+   * whenever the garbage collector gets to them); a later use makes them again. For keys dropped
+   * from a cache.
+   */
+  release(): void {
+    // final() frees the native context; its output (nothing: no padding, whole blocks) is not used
+    this.#enc?.final();
+    this.#dec?.final();
+    this.#enc = null;
+    this.#dec = null;
+    this.#encChain = ZERO_BLOCK;
+    this.#decChain = null;
+    this.#pads = null;
+  }
+
   /** The encrypting AES context; its chaining starts from a zero block, as #encChain does. */
   #cipher(): Cipher {
     return (this.#enc ??= createCipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false));
@@ -200,9 +224,10 @@ export class FernetKey {
    * faster than a Buffer, and writing it into our scratch is byte for byte the same.
    */
   #mac(buf: Buffer, end: number, out: Buffer, at: number): void {
-    this.#ipad.copy(buf, 0);
+    const pads = this.#pads ?? this.#makePads();
+    pads.copy(buf, 0, 0, HMAC_BLOCK);
     outer.write(hash('sha256', buf.subarray(0, end), 'binary'), HMAC_BLOCK, 'latin1');
-    this.#opad.copy(outer, 0);
+    pads.copy(outer, 0, HMAC_BLOCK, 2 * HMAC_BLOCK);
     out.write(hash('sha256', outer, 'binary'), at, 'latin1');
   }
 
@@ -218,8 +243,12 @@ export class FernetKey {
   #open(buf: Buffer, size: number): Buffer {
     const t = HMAC_BLOCK;
     const ct = buf.subarray(t + HEADER, t + size - MAC);
-    const pt = (this.#dec ??= createDecipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false)).update(ct);
-    const chain = this.#decChain;
+    if (!this.#dec) {
+      this.#dec = createDecipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false);
+      this.#decChain = Buffer.alloc(BLOCK);
+    }
+    const pt = this.#dec.update(ct);
+    const chain = this.#decChain!;
     for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
     ct.copy(chain, 0, ct.length - BLOCK);
     // the MAC has verified already, so this check leaks nothing an attacker could use

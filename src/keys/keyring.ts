@@ -98,23 +98,33 @@ export class KeySet {
   readonly name: string;
   readonly settings: KeySettings;
   readonly #entries: readonly Entry[];
-  /** The version that encrypts (for a derived key, the root its request keys come from). */
-  readonly primary: FernetKey;
-  /** The versions that decrypt: the primary first, then the active ones, newest first. */
-  readonly decrypting: readonly FernetKey[];
-  /** The resolution of a key that is not derived: the same for every request. */
-  readonly #plain: ResolvedKey;
+  /** The resolution of a key that is not derived (the same for every request), made on first use. */
+  #plain: ResolvedKey | null = null;
 
   constructor(name: string, settings: KeySettings, entries: Entry[]) {
     this.name = name;
     this.settings = settings;
     this.#entries = entries;
-    const primaries = entries.filter((e) => e.state === 'primary');
-    if (primaries.length !== 1) throw new FileError(`key ${name} needs exactly one primary version, found ${primaries.length}`);
-    this.primary = primaries[0]!.key;
-    const active = entries.filter((e) => e.state === 'active');
-    this.decrypting = [this.primary, ...active.map((e) => e.key)];
-    this.#plain = { name, primary: this.primary, primaryId: primaries[0]!.id, decrypting: this.decrypting, ids: [primaries[0]!.id, ...active.map((e) => e.id)] };
+    let primaries = 0;
+    for (const e of entries) if (e.state === 'primary') primaries++;
+    if (primaries !== 1) throw new FileError(`key ${name} needs exactly one primary version, found ${primaries}`);
+  }
+
+  /** The version that encrypts (for a derived key, the root its request keys come from). */
+  get primary(): FernetKey {
+    return this.#resolved().primary;
+  }
+
+  /** The versions that decrypt: the primary first, then the active ones, newest first. */
+  get decrypting(): readonly FernetKey[] {
+    return this.#resolved().decrypting;
+  }
+
+  #resolved(): ResolvedKey {
+    if (this.#plain) return this.#plain;
+    const primary = this.#entries.find((e) => e.state === 'primary')!;
+    const active = this.#entries.filter((e) => e.state === 'active');
+    return (this.#plain = { name: this.name, primary: primary.key, primaryId: primary.id, decrypting: [primary.key, ...active.map((e) => e.key)], ids: [primary.id, ...active.map((e) => e.id)] });
   }
 
   /** A new key with one fresh primary version. */
@@ -182,7 +192,7 @@ export class KeySet {
   /** Public facts about the key. */
   details(): KeyDetails {
     const s = this.settings;
-    return { name: this.name, derived: s.derived, exportable: s.exportable, deletion_allowed: s.deletionAllowed, auto_rotate: s.autoRotate, primary: this.#plain.primaryId, versions: this.info() };
+    return { name: this.name, derived: s.derived, exportable: s.exportable, deletion_allowed: s.deletionAllowed, auto_rotate: s.autoRotate, primary: this.#entries.find((e) => e.state === 'primary')!.id, versions: this.info() };
   }
 
   /** The creation time of the primary version, in milliseconds since the epoch (null when unknown). */
@@ -195,10 +205,10 @@ export class KeySet {
   resolve(context: Buffer | null, cache: DerivedKeys): ResolvedKey {
     if (!this.settings.derived) {
       if (context) throw new CryptError('bad_request', `key ${this.name} is not derived: a context means nothing to it, send none`);
-      return this.#plain;
+      return this.#plain ?? this.#resolved();
     }
     if (!context) throw new CryptError('bad_request', `key ${this.name} is derived: send a context (base64url, 1 to 256 bytes)`);
-    const plain = this.#plain;
+    const plain = this.#resolved();
     const decrypting = plain.decrypting.map((root, i) => cache.get(root, plain.ids[i]!, context));
     return { name: this.name, primary: decrypting[0]!, primaryId: plain.primaryId, decrypting, ids: plain.ids };
   }
@@ -270,6 +280,9 @@ export class DerivedKeys {
     if (hit) return hit;
     const key = this.#previous.get(id) ?? deriveKey(root, context);
     if (this.#current.size >= this.capacity >>> 1) {
+      // keys still in the dropped generation are used by no request: no request holds a derived
+      // key past its own synchronous call (worker threads get bytes)
+      for (const [id, dropped] of this.#previous) if (!this.#current.has(id)) dropped.release();
       this.#previous = this.#current;
       this.#current = new Map();
     }

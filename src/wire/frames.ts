@@ -38,7 +38,7 @@ const EMPTY = Buffer.alloc(0);
 /** A complete request. */
 export interface Frame {
   command: string;
-  options: Readonly<Record<string, string>> | null;
+  options: ReadonlyMap<string, string> | null;
   payload: Buffer;
 }
 
@@ -79,19 +79,52 @@ const fault = (code: 'bad_frame' | 'too_large', message: string, fatal = false):
   fatal,
 });
 
-/** Parses `cmd` or `cmd,key=value,...`; null when malformed. Options are a null-prototype object. */
-export function parseHead(head: string): { command: string; options: Record<string, string> | null } | null {
+const COMMAND = /^[A-Za-z0-9]{1,16}$/;
+const OPTION_NAME = /^[a-z][a-z0-9_]*$/;
+const OPTION_VALUE = /^[A-Za-z0-9_.=-]*$/;
+/** A parsed head: shared by every request that has the same head, so never to be changed. */
+export interface Head {
+  command: string;
+  options: ReadonlyMap<string, string> | null;
+}
+const HEADS = new Map<string, Head>();
+const MAX_CACHED_HEADS = 1024;
+
+/**
+ * Parses `cmd` or `cmd,key=value,...`; null when malformed. Options are a Map (never a plain
+ * object). Valid heads are cached (at most 1024, the cache emptied when full): a client sends the
+ * same few heads again and again, and the dispatcher caches what it checked of each the same way.
+ */
+export function parseHead(head: string): Head | null {
+  const cached = HEADS.get(head);
+  if (cached) return cached;
+  const parsed = parse(head);
+  if (parsed && parsed.options) {
+    if (HEADS.size >= MAX_CACHED_HEADS) HEADS.clear();
+    HEADS.set(head, parsed);
+  }
+  return parsed;
+}
+
+function parse(head: string): Head | null {
   const comma = head.indexOf(',');
   const command = comma === -1 ? head : head.slice(0, comma);
-  if (!/^[A-Za-z0-9]{1,16}$/.test(command)) return null;
+  if (!COMMAND.test(command)) return null;
   if (comma === -1) return { command, options: null };
-  const options: Record<string, string> = Object.create(null) as Record<string, string>;
-  for (const part of head.slice(comma + 1).split(',')) {
-    const m = /^([a-z][a-z0-9_]*)=([A-Za-z0-9_.=-]*)$/.exec(part);
-    if (!m || Object.hasOwn(options, m[1]!)) return null;
-    options[m[1]!] = m[2]!;
+  const options = new Map<string, string>();
+  let at = comma + 1;
+  for (;;) {
+    const next = head.indexOf(',', at);
+    const end = next === -1 ? head.length : next;
+    const eq = head.indexOf('=', at);
+    if (eq <= at || eq >= end) return null;
+    const name = head.slice(at, eq);
+    const value = head.slice(eq + 1, end);
+    if (!OPTION_NAME.test(name) || !OPTION_VALUE.test(value) || options.has(name)) return null;
+    options.set(name, value);
+    if (next === -1) return { command, options };
+    at = next + 1;
   }
-  return { command, options };
 }
 
 /**
@@ -142,7 +175,7 @@ export class FrameDecoder {
   #need = 0;
   #skip = false;
   #command = '';
-  #options: Record<string, string> | null = null;
+  #options: ReadonlyMap<string, string> | null = null;
   #payload: Buffer = EMPTY;
 
   /** @param maxPayload the largest payload accepted, in bytes: one for all, or per command */

@@ -2,6 +2,7 @@ import t from 'tap';
 import { promises as fs, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
+import { hkdfSync } from 'node:crypto';
 import { DerivedKeys, KeyBook, Keyring, KeySet, NEW_KEY_SETTINGS, v1Backup } from '../../src/keys/keyring.js';
 import { FileStore } from '../../src/keys/store.js';
 import type { KeyStore } from '../../src/keys/store.js';
@@ -186,4 +187,81 @@ t.test('the storage seam: compare-and-swap, and an update retried when another w
   t.equal(calls, 2, 'the change ran again on the latest keys');
   t.equal(next.info().length, 3, "both rotations are kept: the other writer's and this one");
   t.same(KeyBook.parse(await fs.readFile(file, 'utf8')).key('default').info().map((k) => k.id), next.info().map((k) => k.id), 'as on disk');
+});
+
+/** A format-2 keyring text with `default` and the keys given, each with one fresh version. */
+function format2(...keys: Array<Record<string, unknown>>): string {
+  const key = (name: string) => KeySet.generate(name, name === 'default' ? undefined : NEW_KEY_SETTINGS).toJson();
+  return JSON.stringify({ format: 'crypt-keyring/2', keys: keys.map((k) => ({ ...key(String(k.name)), ...k })) });
+}
+
+t.test('KeyBook.parse, format 2: every mistake is refused with a message that names the key, never shows one', async (t) => {
+  const ok = KeyBook.parse(format2({ name: 'default' }, { name: 'billing', auto_rotate: 3600 }, { name: 'users', derived: true }));
+  t.same(ok.keys().map((k) => [k.name, k.settings.derived, k.settings.autoRotate]), [['billing', false, 3600], ['default', false, null], ['users', true, null]], 'a valid file parses: names, settings (an hour is the shortest period)');
+  t.equal(ok.format, 2, 'as format 2');
+  const billing = KeySet.generate('billing', NEW_KEY_SETTINGS).toJson() as { versions: Array<Record<string, unknown>> };
+  const cases: Array<[string, string, string]> = [
+    ['an unknown field in a key', format2({ name: 'default' }, { name: 'billing', colour: 'blue' }), 'key 2 (billing): unknown field "colour"'],
+    ['an unknown field in a version', format2({ name: 'default' }, { name: 'billing', versions: [{ ...billing.versions[0], note: 'x' }] }), 'key 2 (billing), version 1: unknown field "note"'],
+    ['a duplicate key name', format2({ name: 'default' }, { name: 'billing' }, { name: 'billing' }), 'key billing appears twice'],
+    ['no key default', format2({ name: 'billing' }), 'a keyring needs the key default'],
+    ['a bad name', format2({ name: 'default' }, { name: 'Billing' }), 'key 2: "name" must match ^[a-z0-9][a-z0-9._-]{0,63}$'],
+    ['a name too long', format2({ name: 'default' }, { name: 'a'.repeat(65) }), 'key 2: "name" must match ^[a-z0-9][a-z0-9._-]{0,63}$'],
+    ['auto_rotate below an hour', format2({ name: 'default' }, { name: 'billing', auto_rotate: 3599 }), 'key 2 (billing): "auto_rotate" must be null or a whole number of seconds, 3600 or more'],
+    ['auto_rotate as text', format2({ name: 'default' }, { name: 'billing', auto_rotate: '30d' }), 'key 2 (billing): "auto_rotate" must be null or a whole number of seconds, 3600 or more'],
+    ['a flag that is not a boolean', format2({ name: 'default' }, { name: 'billing', derived: 'no' }), 'key 2 (billing): "derived" must be true or false'],
+    ['a missing flag', format2({ name: 'default' }, { name: 'billing', exportable: undefined }), 'key 2 (billing): "exportable" must be true or false'],
+    ['versions not a list', format2({ name: 'default' }, { name: 'billing', versions: {} }), 'key 2 (billing): "versions" must be a list'],
+    ['a key with no primary', format2({ name: 'default' }, { name: 'billing', versions: [{ ...billing.versions[0], state: 'active' }] }), 'key billing needs exactly one primary version, found 0'],
+    ['a key that is not an object', JSON.stringify({ format: 'crypt-keyring/2', keys: [KeySet.generate().toJson(), 'billing'] }), 'key 2: expected an object'],
+    ['an unknown format', JSON.stringify({ format: 'crypt-keyring/3', keys: [KeySet.generate().toJson()] }), 'not a keyring: expected {"format": "crypt-keyring/2", "keys": [...]}'],
+  ];
+  for (const [what, text, message] of cases) {
+    const err = (() => {
+      try {
+        KeyBook.parse(text);
+        return null;
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    t.equal(err?.message, message, `${what}: refused, saying so`);
+    const keys = [...text.matchAll(/"key":"([A-Za-z0-9_-]{43}=)"/g)].map((m) => m[1]!);
+    t.ok(keys.length > 0 && keys.every((k) => !(err?.message ?? '').includes(k.slice(0, 16))), `${what}: no key in the message`);
+  }
+});
+
+t.test('DerivedKeys: fed 1,000,000 contexts it never holds more than its capacity; a recent context is a hit; keys are HKDF-SHA256', { timeout: 600_000 }, async (t) => {
+  const cache = new DerivedKeys(10_000);
+  t.equal(cache.capacity, 10_000, 'the capacity asked for');
+  const root = FernetKey.generate();
+  const rootBytes = Buffer.from(root.exportBytes());
+  const hkdf = (context: Buffer) => Buffer.from(hkdfSync('sha256', rootBytes, 'crypt derived key v1', context, 32)).toString('base64url') + '=';
+  const contextOf = (i: number) => Buffer.from(`tenant-${i}`);
+  let largest = 0;
+  let mismatches = 0;
+  for (let i = 0; i < 1_000_000; i++) {
+    const context = contextOf(i);
+    const key = cache.get(root, root.id, context);
+    if (cache.size > largest) largest = cache.size;
+    // a sample checked against node's HKDF (every key would double the run time)
+    if (i % 9973 === 0 && key.export() !== hkdf(context)) mismatches++;
+  }
+  t.ok(largest <= cache.capacity, `the most it held at once was ${largest}, at most its capacity of ${cache.capacity}`);
+  t.ok(largest >= cache.capacity / 2, `and it does cache (${largest} at its fullest)`);
+  t.equal(mismatches, 0, 'every sampled key equals HKDF-SHA256(ikm = the root bytes, salt = "crypt derived key v1", info = the context, 32)');
+  const recent = contextOf(999_999);
+  const first = cache.get(root, root.id, recent);
+  t.equal(cache.get(root, root.id, Buffer.from(recent)), first, 'a repeated recent context gets the very same key object (a hit)');
+  const older = contextOf(999_999 - 1000);
+  t.equal(cache.get(root, root.id, older), cache.get(root, root.id, older), 'so does another recent one');
+  const long = cache.get(root, root.id, contextOf(0));
+  t.equal(long.export(), hkdf(contextOf(0)), 'a context dropped long ago is derived again, to the same key');
+  const other = FernetKey.generate();
+  t.not(cache.get(other, other.id, recent).export(), first.export(), 'another root version gives another key for the same context');
+  t.ok(cache.size <= cache.capacity, 'still within its capacity');
+  const tiny = new DerivedKeys(1);
+  t.equal(tiny.capacity, 2, 'a capacity below 2 is raised to 2');
+  for (let i = 0; i < 10; i++) tiny.get(root, root.id, contextOf(i));
+  t.ok(tiny.size <= 2, 'and holds');
 });

@@ -8,7 +8,7 @@ import type { Decoded } from '../../src/wire/frames.js';
 
 type Item = string; // a compact, comparable rendering of a decoded item
 const show = (d: Decoded): Item =>
-  isFault(d) ? `!${d.error.code}${d.fatal ? ' fatal' : ''}${d.http ? ' http' : ''}` : `${d.command}${d.options ? JSON.stringify(d.options) : ''}:${d.payload.toString('latin1')}`;
+  isFault(d) ? `!${d.error.code}${d.fatal ? ' fatal' : ''}${d.http ? ' http' : ''}` : `${d.command}${d.options ? JSON.stringify(Object.fromEntries(d.options)) : ''}:${d.payload.toString('latin1')}`;
 
 /** Decodes input split at the given cut points, then ends the stream. */
 function decode(input: Buffer, cuts: number[], max = 100): Item[] {
@@ -120,8 +120,13 @@ t.test('a large payload in many chunks is joined once and exactly', async (t) =>
 
 t.test('parseHead', async (t) => {
   t.same(parseHead('en'), { command: 'en', options: null }, 'bare command');
-  t.same(parseHead('de,ttl=60,x=a.b-c'), { command: 'de', options: { ttl: '60', x: 'a.b-c' } }, 'options');
-  t.same(parseHead('en,key=users,context=dGVuYW50LTQy,pad=dA=='), { command: 'en', options: { key: 'users', context: 'dGVuYW50LTQy', pad: 'dA==' } }, 'base64url values, padded or not (the dispatcher checks each value)');
+  const options = (head: string) => Object.fromEntries(parseHead(head)?.options ?? []);
+  t.same(options('de,ttl=60,x=a.b-c'), { ttl: '60', x: 'a.b-c' }, 'options');
+  t.same(options('en,key=users,context=dGVuYW50LTQy,pad=dA=='), { key: 'users', context: 'dGVuYW50LTQy', pad: 'dA==' }, 'base64url values, padded or not (the dispatcher checks each value)');
+  t.ok(parseHead('de,constructor=1,__proto__=2') === null && Object.hasOwn(options('de,constructor=1,valueof=2'), 'constructor'), 'options are a Map: prototype names are just names, and no name starts with _');
+  t.equal(parseHead('en,key=billing'), parseHead('en,key=billing'), 'a head seen again is the same parsed head (cached)');
+  for (let i = 0; i < 2000; i++) parseHead(`en,key=k${i}`);
+  t.same(options('en,key=billing'), { key: 'billing' }, 'the cache is bounded and a head still parses after it was emptied');
   for (const bad of ['', 'e n', 'de,', 'de,ttl', 'de,=1', 'de,Ttl=1', 'de,ttl=1,ttl=2', 'de,ttl=a/b', 'de,ttl=a+b', 'x'.repeat(17)]) t.equal(parseHead(bad), null, `rejects ${JSON.stringify(bad)}`);
 });
 
