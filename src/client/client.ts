@@ -148,7 +148,7 @@ export class CryptClient {
     if (options.token !== undefined) {
       try {
         const reply = (await client.request('au', Buffer.from(options.token))).toString();
-        if (!/^ok (user|admin)$/.test(reply)) throw client.#unexpected('ok <role>');
+        if (!/^ok (admin|user|encrypt|decrypt)$/.test(reply)) throw client.#unexpected('ok <role>');
         client.role = reply.slice(3);
       } catch (err) {
         socket.destroy();

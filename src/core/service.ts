@@ -14,7 +14,7 @@
 import { decrypt, inspectToken } from '../crypto/fernet.js';
 import { CryptError } from './errors.js';
 import { FileError } from '../keys/files.js';
-import { DEFAULT_KEY, KeySet, MIN_AUTO_ROTATE, NEW_KEY_SETTINGS } from '../keys/keyring.js';
+import { DEFAULT_KEY, KEY_NAME, KeySet, MIN_AUTO_ROTATE, NEW_KEY_SETTINGS } from '../keys/keyring.js';
 import type { KeyDetails, KeyInfo, KeySettings, KeyState, Keyring, ResolvedKey } from '../keys/keyring.js';
 
 /** A new token and the id of the key version that made it (for a rewrap, also the version it was under). */
@@ -118,6 +118,8 @@ export class CryptService {
 
   /** Creates a named key with one version. */
   async createKey(name: string, settings: Pick<KeySettings, 'derived' | 'exportable'>): Promise<KeyDetails> {
+    // checked here for every face (crypt-server keys create passes its argument as given): a bad name would be saved, and the keyring would no longer load
+    if (!KEY_NAME.test(name)) throw new CryptError('bad_request', "a key name is 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit");
     const book = await storage(() => this.keyring.updateBook((b) => {
       if (b.get(name)) throw new CryptError('conflict', `a key named ${name} exists already`);
       return b.with(KeySet.generate(name, { ...NEW_KEY_SETTINGS, ...settings }));

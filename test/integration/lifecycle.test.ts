@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { start, raw, show, tempDir } from '../helpers/server.js';
 import { CLIENT_BIN, SERVER_BIN, cleanEnv, runCli } from '../helpers/cli.js';
 import { python } from '../helpers/python.js';
-import { KeyBook, Keyring } from '../../src/keys/keyring.js';
+import { KeyBook, KeySet, Keyring } from '../../src/keys/keyring.js';
 import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
 import { promises as fs } from 'node:fs';
 
@@ -202,6 +202,46 @@ t.test('rotations killed with SIGKILL inside the lock, before and after the rena
   t.equal(after.code, 0, 'a rotation after all that succeeds (no stale lock blocks it)');
   const names = await fs.readdir(dir);
   t.same(names.filter((n) => n !== 'keyring.json' && !n.startsWith('keyring.json.lock')), [], 'the next writer cleaned up temp files');
+});
+
+t.test('named-key creates, rotations and config changes killed with SIGKILL leave a keyring that loads and lose no key', async (t) => {
+  const dir = tempDir(t);
+  const keyring = join(dir, 'keyring.json');
+  const { keyring: first } = await Keyring.open({ file: keyring }, { create: true });
+  await first.updateBook((book) => book.with(KeySet.generate('alpha')).with(KeySet.generate('beta')));
+  const script = fileURLToPath(new URL('../fixtures/change-and-die.mjs', import.meta.url));
+  const moments = ['none', 'after-lock', 'before-rename', 'after-rename'];
+  const changes: Array<[string, string]> = [['rotate', 'alpha'], ['config', 'beta'], ['create', ''], ['rotate', 'beta'], ['config', 'alpha']];
+  const tokens: Array<[string, string, string]> = [];
+  let killed = 0;
+  let planned = 0;
+  for (let i = 0; i < 10; i++) {
+    // three processes at once, each making its own change and dying at its own moment
+    const plan = [0, 1, 2].map((j) => {
+      const [change, name] = changes[(i + j) % changes.length]!;
+      return { where: moments[(i + 2 * j) % moments.length]!, change, name: name || `new-${i}-${j}` };
+    });
+    planned += plan.filter((p) => p.where !== 'none').length;
+    const runs = await Promise.all(plan.map(({ where, change, name }) => {
+      const child = spawn(process.execPath, [script, keyring, where, change, name], { stdio: 'ignore' });
+      return once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as string | null }));
+    }));
+    killed += runs.filter((r) => r.signal === 'SIGKILL').length;
+    t.same(runs.filter((r, j) => plan[j]!.where === 'none').map((r) => r.code), plan.filter((p) => p.where === 'none').map(() => 0), `round ${i}: the changes not killed succeed`);
+    const { keyring: loaded } = await Keyring.open({ file: keyring });
+    for (const set of loaded.book.keys()) {
+      const message = `${set.name} after round ${i}`;
+      tokens.push([set.name, set.primary.encrypt(Buffer.from(message)), message]);
+    }
+  }
+  t.equal(killed, planned, `${killed} changes died where they were meant to`);
+  const book = KeyBook.parse(await fs.readFile(keyring, 'utf8'));
+  t.ok(book.get('alpha') && book.get('beta') && book.get('default'), `the keyring loads with every key (${book.size} keys)`);
+  const failures = tokens.filter(([name, tok, msg]) => decrypt(book.key(name).decrypting, tok).plaintext.toString() !== msg);
+  t.same(failures, [], `every token made along the way (${tokens.length}) still decrypts under its key`);
+  const names = await fs.readdir(dir);
+  await Keyring.open({ file: keyring }).then(({ keyring: k }) => k.update((set) => set.rotated(), 'alpha'));
+  t.same((await fs.readdir(dir)).filter((n) => n !== 'keyring.json'), [], `the next writer cleaned up what the killed ones left (${names.length - 1} files)`);
 });
 
 t.test('TCP TTL and crypt-client --ttl', async (t) => {
