@@ -55,7 +55,7 @@ export const SERVER: readonly Setting[] = [
   { key: 'logFormat', flag: 'log-format', env: 'CRYPT_LOG_FORMAT', kind: 'format', default: 'auto', describe: 'log format: json, pretty, or auto (pretty on a terminal, else json)' },
   { key: 'maxFrame', flag: 'max-frame', env: 'CRYPT_MAX_FRAME', kind: 'bytes', default: 1048576, describe: 'largest message in bytes (tokens of such messages are accepted too)' },
   { key: 'maxBatch', flag: 'max-batch', env: 'CRYPT_MAX_BATCH', kind: 'count', default: 1000, min: 1, describe: 'most items in one HTTP batch' },
-  { key: 'maxKeys', flag: 'max-keys', env: 'CRYPT_MAX_KEYS', kind: 'count', default: 64, min: 2, describe: 'most keys that decrypt (primary and active); a rotation past it is refused until old keys are retired' },
+  { key: 'maxKeys', flag: 'max-keys', env: 'CRYPT_MAX_KEYS', kind: 'count', default: 64, min: 2, describe: 'most versions of a key that decrypt (primary and active); a rotation past it is refused until old ones are retired' },
   { key: 'memoryBudget', flag: 'memory-budget', env: 'CRYPT_MEMORY_BUDGET', kind: 'bytes', default: 268435456, min: 1048576, describe: 'payload bytes buffered and in flight across all connections; past it, reading pauses and new work gets busy' },
   { key: 'tokensFile', flag: 'tokens-file', env: 'CRYPT_TOKENS_FILE', kind: 'path', default: null, describe: 'access tokens file, one "<role> <secret>" per line' },
   { key: 'insecure', flag: 'insecure', env: 'CRYPT_INSECURE', kind: 'boolean', default: false, describe: 'allow a non-loopback address without access tokens' },

@@ -73,3 +73,15 @@ t.test('the README lists every operation as the table has it', async (t) => {
     if (o.input !== 'secret') t.match(row[1], `crypt-client ${o.command}`, `${o.command}: the client command`);
   }
 });
+
+t.test('docs/protocol.md lists every option with the commands that take it', async (t) => {
+  const rows = table(protocol, '### Options');
+  t.ok(rows.length > 0, 'the Options table is there');
+  const takes = new Map<string, string[]>();
+  for (const o of OPERATIONS) for (const name of o.options.keys()) takes.set(name, [...(takes.get(name) ?? []), o.command]);
+  t.same(rows.map((r) => r[0]!.replace(/`/g, '')).sort(), [...takes.keys()].sort(), 'the same options');
+  for (const [name, commands] of takes) {
+    const row = rows.find((r) => r[0] === `\`${name}\``);
+    if (row) t.equal(row[1], commands.join(', '), `${name}: taken by ${commands.join(', ')}`);
+  }
+});
