@@ -407,8 +407,12 @@ export class Connection {
 /** A result as the bytes of a TCP reply. */
 function render(op: Operation, result: Results[ResultKind]): string | Buffer {
   switch (op.result) {
-    case 'token':
-      return (result as Results['token']).token;
+    case 'token': {
+      // a large token is copied into bytes once, here: written as a string it would be flattened
+      // (token + '\n') and then copied again by the socket, two more copies that V8 frees late
+      const token = (result as Results['token']).token;
+      return token.length > COPY_LIMIT ? Buffer.from(token, 'latin1') : token;
+    }
     case 'plaintext':
       return (result as Results['plaintext']).plaintext;
     case 'key':
