@@ -13,9 +13,10 @@
  * - Nothing larger than the payload limit is buffered: an oversized line is answered as soon as
  *   it passes the limit and then skipped; an oversized length form is answered from its header
  *   and its bytes are skipped as they arrive.
- * - A frame in one chunk is a view into it; a frame over several chunks is copied into one buffer
- *   that grows with what arrived (never to a declared length up front), so many tiny segments
- *   cost their bytes, not an object each.
+ * - A frame in one chunk is a view into it; a frame over several chunks is kept as its chunks
+ *   (small ones copied together, so many tiny segments cost their bytes, not an object each) and
+ *   copied once into one buffer of its size when complete: never allocated to a declared length up
+ *   front, and never grown by copying (each regrowth used to leave its old buffer as garbage).
  * - Payloads are views; copy them to keep them past the next push().
  * - Messages quote frames ("#gk##") so that an error line read in nc never ends in an instruction.
  */
@@ -127,41 +128,71 @@ function parse(head: string): Head | null {
   }
 }
 
+/** Parts of this many bytes or more are kept as they came (views); smaller ones are copied together. */
+const KEEP = 4096;
+/** The largest buffer small parts are copied into; a full one is kept and a new one started. */
+const TAIL = 16 * 1024;
+
 /**
- * Collects the bytes of one frame (or body): a view while they came in one chunk, else one copy
- * that grows with what arrived, never past `cap` unless a part overshoots it.
+ * Collects the bytes of one frame (or body) with one copy at most: a view while they came in one
+ * chunk, else the parts as they came (those under KEEP bytes copied into buffers of up to TAIL
+ * bytes, which double from 256 and never exceed what `cap` leaves), joined once by take().
  */
 export class Collector {
-  #view: Buffer | null = null;
-  #buf: Buffer | null = null;
+  #parts: Buffer[] = [];
+  #tail: Buffer | null = null;
+  #tailUsed = 0;
   size = 0;
 
   add(part: Buffer, cap: number): void {
     if (part.length === 0) return;
     if (this.size === 0) {
-      this.#view = part;
+      this.#parts.push(part);
       this.size = part.length;
       return;
     }
-    const need = this.size + part.length;
-    if (!this.#buf || this.#buf.length < need) {
-      const grown = Buffer.allocUnsafe(Math.min(Math.max(need, (this.#buf?.length ?? 0) * 2, 256), Math.max(cap, need)));
-      if (this.#buf) this.#buf.copy(grown, 0, 0, this.size);
-      else this.#view!.copy(grown, 0);
-      this.#buf = grown;
-      this.#view = null;
+    if (this.#parts.length === 1 && this.#tail === null && this.size < KEEP) {
+      // a small first part was kept as a view in case it was all: copy it, not keep its chunk
+      this.size = 0;
+      this.#copy(this.#parts.pop()!, cap);
+      this.size = this.#tailUsed;
     }
-    part.copy(this.#buf, this.size);
-    this.size = need;
+    if (part.length >= KEEP) {
+      this.#seal();
+      this.#parts.push(part);
+    } else {
+      this.#copy(part, cap);
+    }
+    this.size += part.length;
   }
 
   /** The bytes, and a reset. */
   take(): Buffer {
-    const out = this.#buf ? this.#buf.subarray(0, this.size) : this.#view ?? EMPTY;
-    this.#view = null;
-    this.#buf = null;
+    this.#seal();
+    const parts = this.#parts;
+    const out = parts.length === 0 ? EMPTY : parts.length === 1 ? parts[0]! : Buffer.concat(parts, this.size);
+    this.#parts = [];
     this.size = 0;
     return out;
+  }
+
+  /** Copies a small part after the others, into the tail buffer or a new, larger one. */
+  #copy(part: Buffer, cap: number): void {
+    let tail = this.#tail;
+    if (!tail || this.#tailUsed + part.length > tail.length) {
+      const grown = Math.min(Math.max((tail?.length ?? 128) * 2, part.length), TAIL);
+      this.#seal();
+      tail = this.#tail = Buffer.allocUnsafe(Math.max(part.length, Math.min(grown, cap - this.size)));
+    }
+    part.copy(tail, this.#tailUsed);
+    this.#tailUsed += part.length;
+  }
+
+  /** Ends the tail buffer: what it holds becomes a part. */
+  #seal(): void {
+    if (this.#tail && this.#tailUsed > 0) this.#parts.push(this.#tail.subarray(0, this.#tailUsed));
+    this.#tail = null;
+    this.#tailUsed = 0;
   }
 }
 

@@ -3,7 +3,7 @@ import type { Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { FrameDecoder, HTTP_ON_TCP, encodeRequest, isFault, parseHead, MAX_HEAD } from '../../src/wire/frames.js';
+import { Collector, FrameDecoder, HTTP_ON_TCP, encodeRequest, isFault, parseHead, MAX_HEAD } from '../../src/wire/frames.js';
 import type { Decoded } from '../../src/wire/frames.js';
 
 type Item = string; // a compact, comparable rendering of a decoded item
@@ -176,4 +176,38 @@ t.test('a frame arriving one byte per chunk costs its bytes, not an object per c
   const [frame] = dec.push(Buffer.from('#\n'));
   t.ok(frame && !isFault(frame) && frame.payload.length === n && frame.payload.every((b) => b === 0x61), 'and the frame comes out whole');
   t.equal(dec.pending, false, 'nothing pending after it');
+});
+
+t.test('the collector gives back the bytes as they came, whatever the parts, and keeps large parts as they are', async (t) => {
+  let seed = 7;
+  const rnd = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  let bad = 0;
+  for (let round = 0; round < 400; round++) {
+    const total = rnd(300_000);
+    const data = randomBytes(total);
+    const cap = rnd(2) === 0 ? total : total + rnd(1000);
+    const c = new Collector();
+    for (let at = 0; at < total; ) {
+      const kind = rnd(3);
+      const n = Math.min(total - at, 1 + (kind === 0 ? rnd(16) : kind === 1 ? rnd(6000) : rnd(70_000)));
+      c.add(data.subarray(at, at + n), cap);
+      at += n;
+      if (c.size !== at) bad++;
+    }
+    if (!c.take().equals(data) || c.size !== 0 || c.take().length !== 0) bad++;
+  }
+  t.equal(bad, 0, '400 random splits (1 byte to 70 KB parts) come back whole, and the collector resets');
+  const c = new Collector();
+  const one = Buffer.alloc(64 * 1024, 1);
+  c.add(one, 1 << 20);
+  t.equal(c.take(), one, 'one part is given back as it is, not copied');
+  const parts = [Buffer.alloc(64 * 1024, 1), Buffer.alloc(64 * 1024, 2), Buffer.alloc(10, 3)];
+  for (const p of parts) c.add(p, 1 << 20);
+  parts[0]!.fill(9);
+  const joined = c.take();
+  t.equal(joined[0], 9, 'a large part is kept as a view until take(), not copied as it arrives');
+  t.equal(joined.length, 128 * 1024 + 10, 'and take() joins them all');
 });
