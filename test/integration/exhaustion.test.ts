@@ -94,3 +94,56 @@ t.test('HTTP: a caller without the role is refused before its body is read, and 
   t.ok(charged <= 3 * 64 * 1024, `a body that has sent 1,000 of 1,000,000 bytes is charged for what arrived (${charged} bytes), not for its Content-Length`);
   s.destroy();
 });
+
+t.test('HTTP: a request alone is served whatever its size; one that cannot fit beside others is refused before its body is read', async (t) => {
+  const budget = 8 * MiB;
+  const { server } = await start(t, { memoryBudget: budget, maxFrame: MiB, http: true, httpPort: 0, rateLimit: 0 });
+  const port = server.http!.address.port;
+  const body = JSON.stringify({ batch: [{ plaintext: 'a'.repeat(MiB) }] });
+  const alone = await fetch(`http://127.0.0.1:${port}/encrypt`, { method: 'POST', body, headers: { 'content-type': 'application/json' } });
+  const json = (await alone.json()) as { batch: Array<{ token?: string }> };
+  t.equal(alone.status, 200, 'a JSON body of a largest message (8 times its size is the whole budget) is served when nothing else holds any');
+  t.ok(typeof json.batch[0]?.token === 'string', 'with its token');
+  t.equal(server.dispatcher.budget.used, 0, 'and its charge is given back');
+
+  // two requests hold 5 of the 8 MiB: their bodies are on their way (each is charged 5 times, up to half the budget)
+  const holders = await Promise.all([900_000, 200_000].map(async (sent) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    await once(s, 'connect');
+    s.write(`POST /encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n${'a'.repeat(sent)}`);
+    return s;
+  }));
+  await new Promise<void>((resolve) => {
+    const check = () => (server.dispatcher.budget.used >= 5_000_000 ? resolve() : setImmediate(check));
+    check();
+  });
+  t.ok(!server.dispatcher.budget.exhausted, 'the budget is not used up');
+  const answer = await new Promise<string>((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let text = '';
+    const deadline = setTimeout(() => {
+      s.destroy();
+      resolve(text || 'no answer within 10 s');
+    }, 10_000);
+    s.on('data', (c: Buffer) => {
+      text += c.toString();
+      if (text.includes('\r\n\r\n')) {
+        clearTimeout(deadline);
+        s.destroy();
+        resolve(text);
+      }
+    });
+    s.on('error', () => undefined);
+    // headers only: the answer must come without any of the body
+    s.write(`POST /encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+  });
+  t.match(answer, /^HTTP\/1\.1 503 /, 'a body whose declared length would not fit beside it: 503 before any of it is sent');
+  for (const h of holders) h.destroy();
+  await Promise.all(holders.map((h) => once(h, 'close')));
+  await new Promise<void>((resolve) => {
+    const check = () => (server.dispatcher.budget.used === 0 ? resolve() : setImmediate(check));
+    check();
+  });
+  t.pass('the holders\' charges are given back once they are gone');
+});

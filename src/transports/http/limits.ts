@@ -10,11 +10,14 @@
  *   64 KiB (base64 and batch overhead). Bodies are collected into one buffer that grows with what
  *   arrives (src/wire/frames.ts' Collector), so a body sent one byte per segment costs its bytes,
  *   not a Buffer object per segment as Fastify's own collection would.
- * - A request's body charges the memory budget three times the bytes that arrived (the body, what
- *   it parses into, and the result) until its response is done; past the budget, a request gets
- *   503 `busy` and the connection closes, before or while its body is read. (admit() is called
- *   by the one per-request hook in auth.ts, after authentication: each hook Fastify runs is a
- *   measurable part of a small request's cost.)
+ * - A request's body charges the memory budget, as it arrives and until the response is done, for
+ *   every copy of its payload the request makes (see JSON_CHARGE and RAW_CHARGE), but never more
+ *   than half the budget: a request alone always fits, with its payload on a worker thread (the
+ *   budget is at least 8 frames). A request is answered 503 `busy` and its connection closed
+ *   before its body is read when the budget is used up or its declared length would not fit
+ *   beside what others hold, and while it is read once the budget is used up.
+ *   (admit() is called by the one per-request hook in auth.ts, after authentication: each hook
+ *   Fastify runs is a measurable part of a small request's cost.)
  */
 import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
@@ -80,9 +83,9 @@ export const limitsPlugin = fp<{ dispatcher: Dispatcher; limits: HttpLimits }>(a
   const json = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser(['text/plain', 'application/json']);
   app.decorateRequest('bodyCharge', 0);
-  app.addContentTypeParser(RAW_TYPES, (req, payload, done) => collectBody(req, payload, rawLimitOf(dispatcher), done, charger(dispatcher, req)));
+  app.addContentTypeParser(RAW_TYPES, (req, payload, done) => collectBody(req, payload, rawLimitOf(dispatcher), done, charger(dispatcher, req, RAW_CHARGE)));
   app.addContentTypeParser('application/json', (req, payload, done) =>
-    collectBody(req, payload, jsonLimitOf(dispatcher), (err, body) => (err ? done(err, undefined) : json(req, body!.toString('utf8'), done)), charger(dispatcher, req)),
+    collectBody(req, payload, jsonLimitOf(dispatcher), (err, body) => (err ? done(err, undefined) : json(req, body!.toString('utf8'), done)), charger(dispatcher, req, JSON_CHARGE)),
   );
 });
 
@@ -96,14 +99,31 @@ declare module 'fastify' {
 const busy = (): CryptError => new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly', { close: true });
 
 /**
- * Admits a request with a body under the memory budget: busy when the budget is used up, else
- * what its body will be charged (as it arrives, in collectBody) is given back when the response
- * is done. Requests without a body are not charged.
+ * What a JSON body is charged per byte: the body, its text, what it parses into, the input bytes,
+ * and for a result as large (a token is 4/3 of its message) the result, its JSON text, the copy
+ * written out and the socket's copy of that. V8 frees the strings among these only in its next
+ * collections, so they are charged for the whole request, as if all held at once.
+ */
+export const JSON_CHARGE = 8;
+/** What a raw body is charged per byte: the body, and the result, its line and the socket's copy. */
+export const RAW_CHARGE = 5;
+
+const chargeOf = (req: FastifyRequest): number => ((req.headers['content-type'] ?? '').startsWith('application/json') ? JSON_CHARGE : RAW_CHARGE);
+
+/**
+ * Admits a request with a body under the memory budget: busy when the budget is used up, or when
+ * its declared length, charged, would not fit beside what others hold; else what its body will be
+ * charged (as it arrives, in collectBody) is given back when the response is done. Requests
+ * without a body are not charged.
  */
 export function admit(dispatcher: Dispatcher, req: FastifyRequest, reply: FastifyReply): CryptError | null {
-  if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) return null;
+  const length = req.headers['content-length'];
+  if (length === undefined && req.headers['transfer-encoding'] === undefined) return null;
   const budget = dispatcher.budget;
   if (budget.exhausted) return busy();
+  // a declared length over the body limit is answered too_large by the parser, not busy here
+  const declared = Math.min(Number(length) || 0, jsonLimitOf(dispatcher));
+  if (budget.used + Math.min(declared * chargeOf(req), budget.limit / 2) > budget.limit) return busy();
   req.bodyCharge = 0;
   reply.raw.once('close', () => {
     budget.adjust(-req.bodyCharge);
@@ -112,11 +132,11 @@ export function admit(dispatcher: Dispatcher, req: FastifyRequest, reply: Fastif
   return null;
 }
 
-/** A charge function for collectBody: three times each chunk (the body, what it parses into, the result). */
-function charger(dispatcher: Dispatcher, req: FastifyRequest): (bytes: number) => CryptError | null {
+/** A charge function for collectBody: `per` times each chunk, up to half the budget in all. */
+function charger(dispatcher: Dispatcher, req: FastifyRequest, per: number): (bytes: number) => CryptError | null {
   const budget = dispatcher.budget;
   return (bytes) => {
-    const n = bytes * 3;
+    const n = Math.min(bytes * per, budget.limit / 2 - req.bodyCharge);
     req.bodyCharge += n;
     budget.adjust(n);
     return budget.exhausted ? busy() : null;
