@@ -177,3 +177,16 @@ export async function httpApp(t: Test, overrides: Partial<ServerConfig> = {}, ht
   t.teardown(() => app.close());
   return { app, service, keyring, logs, dispatcher };
 }
+
+/** Resolves once the keyring's keys satisfy a condition (now, or after a change event). */
+export function untilKeys(keyring: Keyring, ok: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (!ok()) return;
+      keyring.off('change', check);
+      resolve();
+    };
+    keyring.on('change', check);
+    check();
+  });
+}

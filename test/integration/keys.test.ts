@@ -7,7 +7,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { promises as fs, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { start, raw, show, tempDir } from '../helpers/server.js';
+import { start, raw, show, tempDir, untilKeys as until } from '../helpers/server.js';
 import type { Started } from '../helpers/server.js';
 import { memoryIo } from '../helpers/cli.js';
 import { run as clientRun } from '../../src/cli/client.js';
@@ -36,19 +36,6 @@ const TOKENS = [
 const b64 = (text: string): string => Buffer.from(text).toString('base64url');
 const TENANT_A = b64('tenant-a');
 const TENANT_B = b64('tenant-b');
-
-/** Resolves once the keyring's keys satisfy a condition (now, or after a change event). */
-function until(keyring: Keyring, ok: () => boolean): Promise<void> {
-  return new Promise((resolve) => {
-    const check = () => {
-      if (!ok()) return;
-      keyring.off('change', check);
-      resolve();
-    };
-    keyring.on('change', check);
-    check();
-  });
-}
 
 interface Setup extends Started {
   tokens: string;

@@ -3,25 +3,12 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { start, raw, show, tempDir } from '../helpers/server.js';
+import { start, raw, show, tempDir, untilKeys as until } from '../helpers/server.js';
 import { CLIENT_BIN, SERVER_BIN, cleanEnv, runCli } from '../helpers/cli.js';
 import { python } from '../helpers/python.js';
 import { KeyBook, KeySet, Keyring } from '../../src/keys/keyring.js';
 import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
 import { promises as fs } from 'node:fs';
-
-/** Resolves once the keyring's keys satisfy a condition (now, or after a change event). */
-function until(keyring: Keyring, ok: () => boolean): Promise<void> {
-  return new Promise((resolve) => {
-    const check = () => {
-      if (!ok()) return;
-      keyring.off('change', check);
-      resolve();
-    };
-    keyring.on('change', check);
-    check();
-  });
-}
 
 interface PyCheck { oldOpensNew: boolean; newOpensNew: boolean; multiOpensOld: string; rewrapNewAlone: string; rewrapOldAlone: boolean; tsOriginal: number; tsRewrapped: number }
 
@@ -174,7 +161,7 @@ t.test('rotations killed with SIGKILL inside the lock, before and after the rena
   const dir = tempDir(t);
   const keyring = join(dir, 'keyring.json');
   await Keyring.open({ file: keyring }, { create: true });
-  const script = fileURLToPath(new URL('../fixtures/rotate-and-die.mjs', import.meta.url));
+  const script = fileURLToPath(new URL('../fixtures/change-and-die.mjs', import.meta.url));
   const moments = ['none', 'after-lock', 'before-rename', 'after-rename'];
   const tokens: Array<[string, string]> = [];
   let killed = 0;
