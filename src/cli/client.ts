@@ -83,7 +83,8 @@ function parser() {
   }
   return y
     .options(flagOptions(CLIENT))
-    .options(Object.fromEntries([...OPTION_FLAGS].map(([flag, { spec, commands }]) => [flag, { type: 'string', describe: `${commands.join(', ')}: ${spec.describe}`, group: OPTION_GROUP }])))
+    // a bool flag is a yargs boolean, so that it never takes the next word (kc --derived users): true alone, or `--derived false`
+    .options(Object.fromEntries([...OPTION_FLAGS].map(([flag, { spec, commands }]) => [flag, { type: spec.kind === 'bool' ? 'boolean' : 'string', describe: `${commands.join(', ')}: ${spec.describe}`, group: OPTION_GROUP }])))
     .option('yes', { type: 'boolean', describe: 'kd: yes, delete the key and every token made with it (confirm=true)', group: OPTION_GROUP })
     .example('$0 en "hello"', 'print a token for hello')
     .example('$0 de gAAAAAB...', 'print the plaintext of a token')

@@ -16,6 +16,7 @@ import { LEAD, isWorker, runPrimary, workerDone, workerReady } from '../ops/clus
 import { CryptError } from '../core/errors.js';
 import { FileError } from '../keys/files.js';
 import { readBackup, writeBackup } from '../keys/backup.js';
+import { DEFAULT_KEY } from '../keys/keyring.js';
 import { CryptService } from '../core/service.js';
 import { optionValue } from '../core/dispatcher.js';
 import { VERSION } from '../core/version.js';
@@ -109,6 +110,13 @@ async function serve(config: ServerConfig, io: Io, signals: NodeJS.EventEmitter)
 
 const KEY_ACTIONS = ['init', 'list', 'show', 'create', 'config', 'rotate', 'retire', 'activate', 'delete', 'backup', 'restore'] as const;
 type KeyAction = (typeof KEY_ACTIONS)[number];
+/** The flags of `keys` and the actions that take each. */
+const KEY_FLAGS = ['json', 'derived', 'exportable', 'deletion-allowed', 'auto-rotate', 'yes', 'output', 'force'] as const;
+const ACTION_FLAGS = new Map<KeyAction, readonly string[]>([
+  ['init', []], ['list', ['json']], ['show', ['json']], ['create', ['derived', 'exportable']],
+  ['config', ['exportable', 'deletion-allowed', 'auto-rotate']], ['rotate', []], ['retire', []], ['activate', []],
+  ['delete', ['yes']], ['backup', ['output']], ['restore', ['force']],
+]);
 const yesNo = (b: boolean): string => (b ? 'yes' : 'no');
 const period = (seconds: number | null): string => (seconds === null ? 'off' : seconds % 86_400 === 0 ? `${seconds / 86_400}d` : seconds % 3600 === 0 ? `${seconds / 3600}h` : `${seconds}s`);
 const BOOL = { kind: 'bool', field: 'exportable', describe: '' } as const;
@@ -117,6 +125,14 @@ const PERIOD = { kind: 'period', field: 'autoRotate', describe: '' } as const;
 async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io): Promise<number> {
   const action = args.action as KeyAction;
   const [arg] = ((args.args as string[] | undefined) ?? []).map(String);
+  const words = ((args.args as string[] | undefined) ?? []).length;
+  const takes = ACTION_FLAGS.get(action)!;
+  const stray = KEY_FLAGS.filter((f) => args[f] !== undefined && !takes.includes(f));
+  if (stray.length > 0 || words > (action === 'init' || action === 'list' ? 0 : 1)) {
+    const what = stray.length > 0 ? `--${stray[0]}` : `the extra word ${JSON.stringify(String((args.args as string[])[words - 1]).slice(0, 40))}`;
+    complain(io, PROGRAM, `keys ${action} does not take ${what}${takes.length ? `; it takes ${takes.map((f) => `--${f}`).join(', ')}` : ''}: see ${PROGRAM} --help`);
+    return EXIT.usage;
+  }
   const needs = new Map<KeyAction, string>([['show', 'a key name'], ['create', 'a key name'], ['config', 'a key name'], ['delete', 'a key name'], ['backup', 'a key name'], ['retire', 'a version id'], ['activate', 'a version id'], ['restore', 'a backup file']]);
   if (needs.has(action) && !arg) {
     complain(io, PROGRAM, `keys ${action} needs ${needs.get(action)}: see ${PROGRAM} keys list`);
@@ -142,8 +158,9 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
     const say = (line: string): void => void io.stdout.write(line + '\n');
     switch (action) {
       case 'list': {
-        const { keys: all } = service.keyInfo();
-        if (args.json) return say(JSON.stringify({ keys: all })), EXIT.ok;
+        const listing = service.keyInfo(undefined);
+        if (args.json) return say(JSON.stringify(listing)), EXIT.ok;
+        const all = listing.named_keys;
         const rows = all.map((k) => [k.name, yesNo(k.derived), yesNo(k.exportable), period(k.auto_rotate), k.primary, `${k.versions.length}${k.versions.some((v) => v.state === 'retired') ? ` (${k.versions.filter((v) => v.state === 'retired').length} retired)` : ''}`]);
         say(table(['NAME', 'DERIVED', 'EXPORTABLE', 'AUTO-ROTATE', 'PRIMARY', 'VERSIONS'], rows));
         break;
@@ -197,8 +214,11 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
       }
       case 'restore': {
         const set = await readBackup(arg!);
+        if (set.name === DEFAULT_KEY && set.settings.derived) throw new FileError(`backup ${arg} holds a derived key named ${DEFAULT_KEY}: requests without a key name bring no context, so ${DEFAULT_KEY} is never derived; nothing was restored`);
         await keyring.updateBook((b) => {
           if (b.get(set.name) && !args.force) throw new CryptError('conflict', `a key named ${set.name} exists already: restore with --force to replace it`);
+          const shared = set.info().map((v) => [v.id, b.keyOf(v.id)?.name] as const).find(([, owner]) => owner !== undefined && owner !== set.name);
+          if (shared) throw new CryptError('conflict', `version ${shared[0]} of this backup is a version of the key ${shared[1]!} already (was the backup's name changed?); nothing was restored`);
           return b.with(set);
         });
         say(`restored: ${set.name} (${set.info().length} versions)`);

@@ -16,6 +16,7 @@ import { once } from 'node:events';
 import { encodeRequest } from '../wire/frames.js';
 import { ReplyDecoder, ReplyError } from '../wire/replies.js';
 import type { KeyDetails, KeyInfo } from '../keys/keyring.js';
+import type { KeyListing } from '../core/service.js';
 import type { Operation } from '../core/operations.js';
 import type { TokenFacts } from '../core/service.js';
 
@@ -232,11 +233,11 @@ export class CryptClient {
     }
   }
 
-  /** Public facts about the named keys this connection may use. */
-  async keyInfo(): Promise<{ keys: KeyDetails[] }> {
-    const info = this.#json(await this.request('ki'), 'key facts') as { keys?: unknown };
-    if (!Array.isArray(info.keys) || !info.keys.every(isKeyDetails)) throw this.#unexpected('key facts');
-    return info as { keys: KeyDetails[] };
+  /** The versions of a key (default: default), and public facts about the named keys this connection may use. */
+  async keyInfo(name?: string): Promise<KeyListing> {
+    const info = this.#json(await this.request('ki', undefined, { key: name }), 'key facts') as Partial<KeyListing>;
+    if ((typeof info.key !== 'string' && info.key !== null) || !Array.isArray(info.keys) || !info.keys.every(isKeyInfo) || !Array.isArray(info.named_keys) || !info.named_keys.every(isKeyDetails)) throw this.#unexpected('key facts');
+    return info as KeyListing;
   }
 
   /** Public facts about one named key. */

@@ -17,7 +17,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { CryptError, errorFields, toCryptError } from './errors.js';
-import { operation } from './operations.js';
+import { OPERATIONS, operation } from './operations.js';
 import type { Operation, OptionSpec, Options, Payload, ResultKind, Results } from './operations.js';
 import { DEFAULT_KEY, KEY_NAME, MIN_AUTO_ROTATE } from '../keys/keyring.js';
 import type { ResolvedKey } from '../keys/keyring.js';
@@ -69,6 +69,8 @@ export interface DispatcherOptions {
 /** The largest payload of an operation that takes no message or token. */
 const SMALL = 1024;
 const EMPTY: Options = Object.freeze({});
+/** Operations with a required option: checked even when a request brings no options at all. */
+const NEEDS_OPTIONS: ReadonlySet<Operation> = new Set(OPERATIONS.filter((o) => [...o.options.values()].some((s) => s.required)));
 
 /** The one way into the service. */
 export class Dispatcher {
@@ -142,6 +144,7 @@ export class Dispatcher {
       if (op.input === 'token') input = trimToken(input);
       this.#checkSize(op, input, caller);
       if (options !== null && options !== undefined) checked = this.#checkOptions(op, options);
+      else if (NEEDS_OPTIONS.has(op)) checked = this.#check(op, []);
       if (op.keyed) this.policy.authorizeKey(caller, checked.key ?? DEFAULT_KEY);
       if (op.limited) this.#countLimited(op);
       if (input.length > 0 && this.budget.exhausted && (op.input === 'message' || op.input === 'token')) {
@@ -248,7 +251,8 @@ export class Dispatcher {
         const known = op.options.size > 0 ? `; its options: ${[...op.options.keys()].join(', ')}` : '';
         throw new CryptError('bad_request', `${op.command} has no option ${/^[A-Za-z0-9_.-]{1,32}$/.test(name) ? name : '(unprintable)'}${known}`);
       }
-      if (value === undefined || value === null) continue;
+      // null is "not given", except for a period, where it is "off" (what ks shows for off)
+      if (value === undefined || (value === null && spec.kind !== 'period')) continue;
       (out as Record<string, unknown>)[spec.field] = optionValue(name, spec, value);
     }
     for (const [name, spec] of op.options) {
@@ -314,7 +318,7 @@ export function optionValue(name: string, spec: OptionSpec, value: unknown): Opt
       if (typeof value === 'string' && FALSE.has(value.toLowerCase())) return false;
       throw new CryptError('bad_request', `${name} must be true or false`);
     case 'period': {
-      if (value === false || value === 'off') return null;
+      if (value === null || value === false || value === 'off') return null;
       const m = typeof value === 'number' ? [String(value), String(value), 's'] : typeof value === 'string' ? /^(\d{1,10})([smhdw]?)$/.exec(value) : null;
       const secs = m ? Number(m[1]) * PERIOD_UNITS.get(m[2] || 's')! : NaN;
       if (!Number.isSafeInteger(secs) || secs < MIN_AUTO_ROTATE) throw new CryptError('bad_request', `${name} must be off or a period of at least 1h (3600, 24h, 30d)`);

@@ -179,10 +179,15 @@ export const OPERATIONS: readonly Operation[] = [
     run: (ctx, input, o) => ctx.service.inspect(o.key, o.context ?? null, input),
   }),
   op({
-    command: 'ki', title: 'list keys', summary: 'the named keys the caller may use: settings and versions (ids, states, creation times), never key material',
+    command: 'ki', title: 'list keys', summary: "a key's versions (ids, states, creation times; default: the key default), and every named key the caller may use with its settings; never key material",
     http: { method: 'GET', path: '/keys', example: 'curl http://{host}/keys' },
-    roles: ['user'], input: 'none', result: 'json', resultSchema: { type: 'object', properties: { keys: { type: 'array', items: KEY_DETAILS } } },
-    run: (ctx) => ctx.service.keyInfo((name) => ctx.policy.covers(ctx.caller, name)),
+    // not keyed: a token for tenant-* lists its keys with a plain ki (keys is then empty: default is outside it); key= is checked here
+    roles: ['user'], input: 'none', result: 'json', options: options(['key', KEY]),
+    resultSchema: { type: 'object', properties: { key: { type: 'string', nullable: true }, keys: { type: 'array', items: VERSION_INFO }, named_keys: { type: 'array', items: KEY_DETAILS } } },
+    run: (ctx, _input, o) => {
+      if (o.key !== undefined) ctx.policy.authorizeKey(ctx.caller, o.key);
+      return ctx.service.keyInfo(o.key, (name) => ctx.policy.covers(ctx.caller, name));
+    },
   }),
   op({
     command: 'ks', title: 'show key', summary: "one named key's settings and versions",

@@ -14,8 +14,16 @@
 import { decrypt, inspectToken } from '../crypto/fernet.js';
 import { CryptError } from './errors.js';
 import { FileError } from '../keys/files.js';
-import { DEFAULT_KEY, KEY_NAME, KeySet, MIN_AUTO_ROTATE, NEW_KEY_SETTINGS } from '../keys/keyring.js';
+import { DEFAULT_KEY, KEY_NAME, KeySet, RESERVED_NAME, MIN_AUTO_ROTATE, NEW_KEY_SETTINGS } from '../keys/keyring.js';
 import type { KeyDetails, KeyInfo, KeySettings, KeyState, Keyring, ResolvedKey } from '../keys/keyring.js';
+
+/** What ki answers. */
+export interface KeyListing {
+  /** The key whose versions `keys` lists; null when none was named and default is outside the caller's scope. */
+  key: string | null;
+  keys: KeyInfo[];
+  named_keys: KeyDetails[];
+}
 
 /** A new token and the id of the key version that made it (for a rewrap, also the version it was under). */
 export interface Encrypted {
@@ -106,9 +114,15 @@ export class CryptService {
     return { key: set.primary.export(), id: set.details().primary };
   }
 
-  /** Public facts about the keys a filter lets through. */
-  keyInfo(visible: (name: string) => boolean = () => true): { keys: KeyDetails[] } {
-    return { keys: this.keyring.book.keys().filter((k) => visible(k.name)).map((k) => k.details()) };
+  /**
+   * What ki answers: the versions of one key (default: `default`) as `keys`, the shape ki has
+   * always had, and the facts about every key a filter lets through as `named_keys`.
+   */
+  keyInfo(name: string | undefined, visible: (name: string) => boolean = () => true): KeyListing {
+    const book = this.keyring.book;
+    // a key named is checked by the caller; default, when not named and not visible, is not listed
+    const set = name !== undefined || visible(DEFAULT_KEY) ? book.key(name ?? DEFAULT_KEY) : null;
+    return { key: set?.name ?? null, keys: set ? set.info() : [], named_keys: book.keys().filter((k) => visible(k.name)).map((k) => k.details()) };
   }
 
   /** Public facts about one key. */
@@ -119,7 +133,8 @@ export class CryptService {
   /** Creates a named key with one version. */
   async createKey(name: string, settings: Pick<KeySettings, 'derived' | 'exportable'>): Promise<KeyDetails> {
     // checked here for every face (crypt-server keys create passes its argument as given): a bad name would be saved, and the keyring would no longer load
-    if (!KEY_NAME.test(name)) throw new CryptError('bad_request', "a key name is 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit");
+    if (typeof name !== 'string' || !KEY_NAME.test(name)) throw new CryptError('bad_request', "a key name is 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit");
+    if (name === RESERVED_NAME) throw new CryptError('bad_request', `the key name ${RESERVED_NAME} is reserved: /keys/${RESERVED_NAME} is the older HTTP path of rk`);
     const book = await storage(() => this.keyring.updateBook((b) => {
       if (b.get(name)) throw new CryptError('conflict', `a key named ${name} exists already`);
       return b.with(KeySet.generate(name, { ...NEW_KEY_SETTINGS, ...settings }));
@@ -157,23 +172,31 @@ export class CryptService {
   }
 
   /**
-   * Rotates every key whose primary is older than its auto_rotate period. The age is checked on
-   * the latest stored keys inside the update, so of several servers sharing a keyring exactly
-   * one rotates. Resolves with the names it rotated.
+   * Rotates every key whose primary is older than its auto_rotate period (or of unknown age: a
+   * version from a keyring older than creation times). The age is checked on the latest stored
+   * keys inside the update, so of several servers sharing a keyring exactly one rotates. A key
+   * that fails (--max-keys, a write error) does not stop the others: its name and reason are in
+   * `failed`.
    */
-  async autoRotate(now = Date.now()): Promise<string[]> {
-    const due = (s: KeySet): boolean => s.settings.autoRotate !== null && now - (s.primaryCreated() ?? now) >= s.settings.autoRotate * 1000;
+  async autoRotate(now = Date.now()): Promise<{ rotated: string[]; failed: Array<{ name: string; reason: string }> }> {
+    const due = (s: KeySet): boolean => s.settings.autoRotate !== null && now - (s.primaryCreated() ?? 0) >= s.settings.autoRotate * 1000;
     const rotated: string[] = [];
+    const failed: Array<{ name: string; reason: string }> = [];
     for (const set of this.keyring.book.keys().filter(due)) {
       let did = false;
-      await this.keyring.updateBook((b) => {
-        const latest = b.get(set.name);
-        did = latest !== undefined && due(latest);
-        return did ? b.with(latest!.rotated(new Date(now), this.maxKeys)) : b;
-      });
+      try {
+        await this.keyring.updateBook((b) => {
+          const latest = b.get(set.name);
+          did = latest !== undefined && due(latest);
+          return did ? b.with(latest!.rotated(new Date(now), this.maxKeys)) : b;
+        });
+      } catch (err) {
+        failed.push({ name: set.name, reason: (err as Error).message });
+        continue;
+      }
       if (did) rotated.push(set.name);
     }
-    return rotated;
+    return { rotated, failed };
   }
 }
 

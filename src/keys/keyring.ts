@@ -24,7 +24,7 @@ import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { FernetKey, deriveKey } from '../crypto/fernet.js';
 import { CryptError } from '../core/errors.js';
-import { FileError, Serial, writeAtomic } from './files.js';
+import { FileError, MAX_SECRET_FILE, Serial, writeAtomic } from './files.js';
 import { FileStore, ListStore } from './store.js';
 import type { KeyStore, Stored } from './store.js';
 
@@ -68,6 +68,8 @@ export const DEFAULT_KEY = 'default';
 export const KEY_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 /** The shortest automatic rotation period, in seconds. */
 export const MIN_AUTO_ROTATE = 3600;
+/** A name no key may have: `/keys/rotate` is the older HTTP path of rk (POST), so GET and DELETE of it could not reach such a key. */
+export const RESERVED_NAME = 'rotate';
 
 interface Entry extends KeyInfo {
   key: FernetKey;
@@ -506,8 +508,13 @@ export class Keyring extends EventEmitter {
           this.#install(next, latest.version, 'reload');
           return next;
         }
+        const text = next.serialize();
+        // a keyring is read only up to MAX_SECRET_FILE: a larger one would be saved and then never load
+        if (Buffer.byteLength(text) > MAX_SECRET_FILE) {
+          throw new CryptError('conflict', `the keyring would be ${Buffer.byteLength(text)} bytes, more than the ${MAX_SECRET_FILE} a keyring may have: delete keys or retire versions (crypt-server keys delete, keys retire) first`);
+        }
         if (latest.book.format === 1) await backupV1(this.store.where, latest.text);
-        const version = await this.store.save(next.serialize(), latest.version);
+        const version = await this.store.save(text, latest.version);
         if (version !== null) {
           this.#install(next, version, 'update');
           return next;

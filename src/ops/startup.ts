@@ -218,7 +218,9 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
   const rotateDue = async (): Promise<void> => {
     if (!keyring.file) return;
     try {
-      for (const name of await service.autoRotate()) log.info({ keyName: name, primary: keyring.book.key(name).details().primary }, 'key rotated automatically');
+      const { rotated, failed } = await service.autoRotate();
+      for (const name of rotated) log.info({ keyName: name, primary: keyring.book.key(name).details().primary }, 'key rotated automatically');
+      for (const { name, reason } of failed) log.error({ keyName: name, reason }, 'automatic rotation failed; the versions in force stay');
     } catch (err) {
       log.error({ reason: (err as Error).message }, 'automatic rotation failed; the keys in force stay');
     }

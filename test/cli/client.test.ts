@@ -28,7 +28,7 @@ t.test('argv mode: en prints a token, de the plaintext, gk the key, ki and in JS
   t.equal(de.out.toString(), 'hello world', 'words joined by spaces, the plaintext exactly');
   t.equal((await client(port, ['de', token], { tty: true })).out.toString(), 'hello world\n', 'a line break is added on a terminal');
   t.equal((await client(port, ['gk'])).out.toString(), server.keyring.current.primary.export() + '\n', 'gk prints the key');
-  t.match(JSON.parse((await client(port, ['ki'])).out.toString()), { keys: [{ name: 'default', versions: [{ state: 'primary' }] }] }, 'ki prints key metadata as JSON');
+  t.match(JSON.parse((await client(port, ['ki'])).out.toString()), { key: 'default', keys: [{ state: 'primary' }], named_keys: [{ name: 'default', versions: [{ state: 'primary' }] }] }, 'ki prints key metadata as JSON');
   for (const name of ['in', 'inspect']) {
     const facts = JSON.parse((await client(port, [name, token])).out.toString()) as Record<string, unknown>;
     t.match(facts, { key_id: server.keyring.current.primary.id, key_state: 'primary', age_seconds: Number, created: String }, `${name}: the token's key and age`);
@@ -108,7 +108,7 @@ t.test('usage mistakes: unknown commands are named, with the closest; -v; --ttl'
     [['ks', 'a', 'b'], /^crypt-client: ks takes one key name: crypt-client ks <key>\n$/],
     [['en', '-secret'], /to encrypt words that start with -, put them after --: crypt-client en -- <message>/],
     [['de', 'a', 'b'], /^crypt-client: de takes one token, got 2 words\n$/],
-    [['ki', 'x'], /^crypt-client: ki takes no argument: crypt-client ki\n$/],
+    [['ki', 'a', 'b'], /^crypt-client: ki takes one key name: crypt-client ki <key>\n$/],
   ];
   for (const [args, message] of cases) {
     const r = await client(port, args);
@@ -190,7 +190,7 @@ t.test('the prompted session, piped: every operation, help, and an exit code tha
   t.match(lines[0], /^gAAAAA/, 'en prints a token');
   t.equal(lines[1], 'earlier', 'de prints the plaintext');
   t.match(JSON.parse(lines[2]!), { key_state: 'primary' }, 'in prints the facts');
-  t.match(JSON.parse(lines[3]!), { keys: [{ name: 'default', versions: [{ state: 'primary' }] }] }, 'ki prints the keys');
+  t.match(JSON.parse(lines[3]!), { keys: [{ state: 'primary' }], named_keys: [{ name: 'default' }] }, 'ki prints the keys');
   t.match(lines[4], /^[A-Za-z0-9_-]{43}=$/, 'gk prints the key');
   t.same(lines.slice(5), [''], 'nothing after quit');
   t.match(ok.err, /en\s+encrypt\s+encrypt a message/, 'help lists the operations, on stderr');

@@ -57,7 +57,7 @@ t.test('create, list, show: named keys with their settings', async (t) => {
     `exports  no       yes         off          ${ids.exports}  1`,
     `users    yes      no          off          ${ids.users}  1`,
   ].join('\n') + '\n', 'list: a table of every key, by name');
-  t.same(JSON.parse((await keys('list', '--json')).out), { keys: (await book()).keys().map((k) => k.details()) }, 'list --json: every key as JSON');
+  t.same(JSON.parse((await keys('list', '--json')).out), { key: 'default', keys: (await book()).key('default').info(), named_keys: (await book()).keys().map((k) => k.details()) }, 'list --json: every key as JSON, as ki answers');
   const show = await keys('show', 'users');
   t.match(show.out, new RegExp(`^key users: derived, not exportable, deletion not allowed, automatic rotation off\\nID {12}STATE {4}CREATED\\n${ids.users}  primary  \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z\\n$`), 'show: settings, then its versions');
   t.same(JSON.parse((await keys('show', 'users', '--json')).out), (await book()).key('users').details(), 'show --json');
@@ -215,6 +215,46 @@ t.test('restore: refuses an existing name unless --force, validates every byte, 
   t.same([restored.code, restored.out], [0, 'restored: archive (2 versions)\n'], 'restoring a deleted key needs no --force');
   const { keyring: loaded } = await Keyring.open({ file });
   t.same(tokens.map((tok) => decrypt(loaded.book.key('archive').decrypting, tok).plaintext.toString()), ['archived 1', 'archived 2'], 'tokens made before the deletion decrypt after the restore');
+});
+
+t.test('restore refuses a backup whose versions belong to another key, and a derived default', async (t) => {
+  const { keys, book, file, dir } = await keyring(t);
+  await keys('create', 'archive', '--exportable');
+  const backup = join(dir, 'archive.backup');
+  await keys('backup', 'archive', '-o', backup);
+  const doc = JSON.parse(await fs.readFile(backup, 'utf8')) as { key: Record<string, unknown> };
+  const before = await fs.readFile(file, 'utf8');
+  const write = async (name: string, change: (key: Record<string, unknown>) => void) => {
+    const copy = structuredClone(doc);
+    change(copy.key);
+    const path = join(dir, name);
+    await fs.writeFile(path, JSON.stringify(copy), { mode: 0o600 });
+    return path;
+  };
+  const renamed = await keys('restore', await write('renamed', (k) => void (k.name = 'archive-copy')));
+  t.same([renamed.code, renamed.err], [1, `crypt-server: version ${(await book()).key('archive').primary.id} of this backup is a version of the key archive already (was the backup's name changed?); nothing was restored\n`], 'a renamed backup: refused, two keys never share a version');
+  const derivedDefault = await keys('restore', await write('default', (k) => Object.assign(k, { name: 'default', derived: true })), '--force');
+  t.equal(derivedDefault.code, 1, 'a derived default: exit 1');
+  t.match(derivedDefault.err, /holds a derived key named default: requests without a key name bring no context/, 'and says why');
+  t.equal(await fs.readFile(file, 'utf8'), before, 'the keyring is unchanged');
+});
+
+t.test('each keys action takes only its own flags and words', async (t) => {
+  const { keys, book } = await keyring(t);
+  const cases: Array<[string[], RegExp]> = [
+    [['create', 'c1', '--auto-rotate', '24h'], /^crypt-server: keys create does not take --auto-rotate; it takes --derived, --exportable: see crypt-server --help\n$/],
+    [['create', 'c2', 'extra'], /^crypt-server: keys create does not take the extra word "extra"; it takes --derived, --exportable/],
+    [['list', 'x'], /^crypt-server: keys list does not take the extra word "x"; it takes --json/],
+    [['rotate', '--yes'], /^crypt-server: keys rotate does not take --yes: see/],
+    [['show', 'default', '--force'], /^crypt-server: keys show does not take --force; it takes --json/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await keys(...args);
+    t.same(r.code, 2, `${args.join(' ')}: exit 2`);
+    t.match(r.err, message, `${args.join(' ')}: names what it does not take`);
+  }
+  t.same((await book()).keys().map((k) => k.name), ['default'], 'nothing was created');
+  t.equal((await keys('create', 'rotate')).err, 'crypt-server: the key name rotate is reserved: /keys/rotate is the older HTTP path of rk\n', 'the name rotate is refused');
 });
 
 t.test('crypt-client --key and --context end to end; kc, ks, kf, kd; a session with --key and --context', async (t) => {

@@ -46,7 +46,8 @@ t.test('keys init creates a keyring once; keys list has a header, and without a 
   const list = await server(['keys', 'list', '--keyring', keyring]);
   t.match(list.out, /^NAME {5}DERIVED  EXPORTABLE  AUTO-ROTATE  PRIMARY       VERSIONS\ndefault  no       yes         off          [0-9a-f]{12}  1\n$/, 'list prints a header, then the keys');
   const json = await server(['keys', 'list', '--json', '--keyring', keyring]);
-  t.same(JSON.parse(json.out), { keys: [KeyBook.parse(await fs.readFile(keyring, 'utf8')).key('default').details()] }, 'list --json prints the keys as JSON');
+  const set = KeyBook.parse(await fs.readFile(keyring, 'utf8')).key('default');
+  t.same(JSON.parse(json.out), { key: 'default', keys: set.info(), named_keys: [set.details()] }, 'list --json prints the keys as JSON');
   t.equal((await server(['keys', 'rotate', '--keyring', keyring, '--max-keys', '2'])).code, 0, 'rotate');
   const capped = await server(['keys', 'rotate', '--keyring', keyring, '--max-keys', '2']);
   t.equal(capped.code, 1, 'past --max-keys: exit 1');

@@ -1,7 +1,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { join } from 'node:path';
-import { Keyring } from '../../src/keys/keyring.js';
+import { KeySet, Keyring } from '../../src/keys/keyring.js';
 import { CryptService, decryptWith, encryptWith, rewrapWith } from '../../src/core/service.js';
 import { FernetKey, decrypt } from '../../src/crypto/fernet.js';
 import { tempDir } from '../helpers/server.js';
@@ -41,8 +41,11 @@ t.test('named keys: each its own versions; an unknown name is unknown_key', asyn
   t.equal(decryptWith(s.resolve('billing', null), token, undefined).plaintext.toString(), 'invoice', 'billing decrypts its own');
   t.throws(() => decryptWith(s.resolve(undefined, null), token, undefined), { code: 'invalid_token' }, 'default does not decrypt a billing token');
   t.throws(() => s.resolve('nosuch', null), { code: 'unknown_key', message: 'no key named nosuch' }, 'an unknown name');
-  t.same(s.keyInfo().keys.map((k) => k.name), ['billing', 'default'], 'keyInfo lists every key, by name');
-  t.same(s.keyInfo((n) => n === 'billing').keys.map((k) => k.name), ['billing'], 'and only those a filter lets through');
+  t.same(s.keyInfo(undefined).named_keys.map((k) => k.name), ['billing', 'default'], 'keyInfo lists every key, by name');
+  t.same(s.keyInfo(undefined, (n) => n === 'billing').named_keys.map((k) => k.name), ['billing'], 'and only those a filter lets through');
+  t.same(s.keyInfo(undefined), { key: 'default', keys: s.keyring.current.info(), named_keys: s.keyInfo(undefined).named_keys }, 'keys: the versions of default, the shape ki has always had');
+  t.same(s.keyInfo('billing').keys, s.keyring.book.key('billing').info(), "with a name, that key's versions");
+  t.same(s.keyInfo(undefined, (n) => n === 'billing'), { key: null, keys: [], named_keys: [s.showKey('billing')] }, 'default outside the filter: no versions listed');
   t.equal(s.inspect('billing', null, token).key_state, 'primary', 'inspect works per key');
   t.equal(s.inspect(undefined, null, token).key_id, null, 'and says when no version of the key verifies the token');
 });
@@ -99,9 +102,41 @@ t.test('autoRotate rotates a key whose primary is older than its period, once', 
   await s.createKey('billing', { derived: false, exportable: false });
   await s.configureKey('billing', { autoRotate: 3600 });
   const before = s.showKey('billing').primary;
-  t.same(await s.autoRotate(), [], 'a fresh key is not due');
+  t.same(await s.autoRotate(), { rotated: [], failed: [] }, 'a fresh key is not due');
   const later = Date.now() + 3601_000;
-  t.same(await s.autoRotate(later), ['billing'], 'an hour later it is (default has no period)');
+  t.same(await s.autoRotate(later), { rotated: ['billing'], failed: [] }, 'an hour later it is (default has no period)');
   t.not(s.showKey('billing').primary, before, 'a new primary');
-  t.same(await s.autoRotate(later), [], 'and the new primary is not due again');
+  t.same(await s.autoRotate(later), { rotated: [], failed: [] }, 'and the new primary is not due again');
+});
+
+t.test('autoRotate: a key that can not rotate does not stop the others', async (t) => {
+  const s = await service(t, 2);
+  for (const name of ['a1', 'a2']) {
+    await s.createKey(name, { derived: false, exportable: false });
+    await s.configureKey(name, { autoRotate: 3600 });
+  }
+  await s.rotate('a1');
+  const { rotated, failed } = await s.autoRotate(Date.now() + 3601_000);
+  t.same(rotated, ['a2'], 'a2, due and with room, is rotated');
+  t.match(failed, [{ name: 'a1', reason: /--max-keys 2/ }], 'a1, full, is reported, not thrown');
+});
+
+t.test('autoRotate: a primary of unknown age (an old keyring) is due', async (t) => {
+  const s = await service(t);
+  await s.configureKey('default', { autoRotate: 3600 });
+  await s.keyring.updateBook((b) => {
+    const json = b.key('default').toJson() as { versions: object[] };
+    return b.with(KeySet.fromJson({ ...json, versions: json.versions.map((v) => ({ ...v, created: null })) }, 'test'));
+  });
+  t.equal(s.keyring.current.primaryCreated(), null, 'its primary has no creation time');
+  t.same((await s.autoRotate()).rotated, ['default'], 'it is rotated');
+});
+
+t.test('createKey refuses a missing, malformed or reserved name before any write', async (t) => {
+  const s = await service(t);
+  const before = s.showKey('default');
+  for (const name of [undefined, 'undefined!', 'Upper', 'rotate', '']) {
+    await t.rejects(s.createKey(name as unknown as string, { derived: false, exportable: false }), { code: 'bad_request' }, `${String(name)}: bad_request`);
+  }
+  t.same(s.showKey('default'), before, 'default is untouched');
 });

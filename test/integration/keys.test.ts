@@ -274,13 +274,18 @@ t.test('rotation, rewrap, retire and inspect work per key', async (t) => {
 
 t.test('ki and GET /keys list only the keys in the token scope; ks outside it is forbidden', async (t) => {
   const { connect, http } = await setup(t);
-  const names = (info: { keys: KeyDetails[] }) => info.keys.map((k) => k.name);
+  const names = (info: { named_keys: KeyDetails[] }) => info.named_keys.map((k) => k.name);
   t.same(names(await (await connect({ token: TENANTS })).keyInfo()), ['users'], 'TCP: a token for users sees users only');
   t.same(names(await (await connect({ token: ANY })).keyInfo()), ['billing', 'default', 'users'], 'a token without keys= sees every key');
   t.same(names(await (await connect({ token: ADMIN })).keyInfo()), ['billing', 'default', 'users'], 'an admin too');
-  const listed = (await (await http('/keys', { token: TENANTS })).json()) as { keys: KeyDetails[] };
+  const listed = (await (await http('/keys', { token: TENANTS })).json()) as { key: string | null; keys: unknown[]; named_keys: KeyDetails[] };
   t.same(names(listed), ['users'], 'HTTP: GET /keys, the same');
-  t.notMatch(JSON.stringify(listed), /"key"/, 'and no key material');
+  t.same([listed.key, listed.keys], [null, []], 'and no versions of default, outside the scope');
+  const usersVersions = (await (await http('/keys?key=users', { token: TENANTS })).json()) as { key: string; keys: Array<{ state: string }> };
+  t.match(usersVersions, { key: 'users', keys: [{ state: 'primary' }] }, 'GET /keys?key=users: the versions of users');
+  const otherVersions = await http('/keys?key=billing', { token: TENANTS });
+  t.equal(otherVersions.status, 403, 'GET /keys?key=billing outside the scope: forbidden');
+  t.notMatch(JSON.stringify(listed), /"key":"[A-Za-z0-9_-]{43}=/, 'and no key material');
   const shown = await http('/keys/users', { token: TENANTS });
   t.match([shown.status, await shown.json()], [200, { name: 'users', derived: true, exportable: false, deletion_allowed: false, auto_rotate: null }], 'GET /keys/users: its settings');
   const outside = await http('/keys/billing', { token: TENANTS });
@@ -299,7 +304,8 @@ t.test('an expired token is unauthorized; an old tokens file still works', async
   t.equal((await user.decrypt(await user.encrypt('as before'))).toString(), 'as before', 'and en/de work as before');
   await old.admin.createKey('billing');
   t.equal((await user.decrypt(await user.encrypt('any key', { key: 'billing' }), undefined, { key: 'billing' })).toString(), 'any key', 'covering every named key');
-  t.same((await user.keyInfo()).keys.map((k) => k.name), ['billing', 'default'], 'and listing them all');
+  t.same((await user.keyInfo()).named_keys.map((k) => k.name), ['billing', 'default'], 'and listing them all');
+  t.same((await user.keyInfo()).keys.map((v) => v.state), ['primary'], 'ki answers the versions of default in keys, as before named keys');
 });
 
 t.test('HTTP batch: a key per item, a default for the batch, scope checked item by item', async (t) => {
@@ -366,6 +372,29 @@ t.test('key management over TCP: create, show, config, export, delete', async (t
   for (const [what, attempt] of attempts) {
     await t.rejects(attempt(), { code: 'forbidden', message: `${what} needs the admin role` }, `a user may not ${what}`);
   }
+});
+
+t.test('a key command without its key name is refused before anything is written; the path names the key', async (t) => {
+  const { admin, server, http } = await setup(t);
+  const before = server.keyring.book.key('default').details();
+  const token = await admin.encrypt('made with default');
+  for (const command of ['kc', 'ks', 'kf', 'kd']) {
+    await t.rejects(admin.request(command), { code: 'bad_request', message: new RegExp(`^${command} needs the option key`) }, `#${command}##: bad_request`);
+  }
+  t.same(server.keyring.book.key('default').details(), before, 'default is untouched');
+  t.equal((await admin.decrypt(token)).toString(), 'made with default', 'and its tokens decrypt');
+
+  await admin.configureKey('billing', { exportable: true });
+  const mismatch = await http('/keys/billing/config', { token: ADMIN, body: { key: 'default', deletion_allowed: true } });
+  t.match([mismatch.status, await mismatch.json()], [400, { error: { code: 'bad_request', message: 'the path names the key billing; a "key" in the body must be the same or left out' } }], 'a body key other than the path\'s: 400');
+  t.same([server.keyring.book.key('default').settings.deletionAllowed, server.keyring.book.key('billing').settings.deletionAllowed], [false, false], 'and neither key changed');
+  const same = await http('/keys/billing/config', { token: ADMIN, body: { key: 'billing', auto_rotate: '24h' } });
+  t.match([same.status, await same.json()], [200, { name: 'billing', auto_rotate: 86_400 }], 'the same key in both: fine');
+  const off = await http('/keys/billing/config', { token: ADMIN, body: { auto_rotate: null } });
+  t.match([off.status, await off.json()], [200, { auto_rotate: null }], '"auto_rotate": null turns it off, as ks shows off');
+  const deleting = await http('/keys/billing', { method: 'DELETE', token: ADMIN, body: { key: 'users', confirm: true } });
+  t.equal(deleting.status, 400, 'DELETE /keys/billing with a body naming users: 400');
+  t.ok(server.keyring.book.get('users') && server.keyring.book.get('billing'), 'both keys are still there');
 });
 
 t.test('key management over HTTP: POST /keys, config, GET /key, DELETE', async (t) => {

@@ -265,3 +265,16 @@ t.test('DerivedKeys: fed 1,000,000 contexts it never holds more than its capacit
   for (let i = 0; i < 10; i++) tiny.get(root, root.id, contextOf(i));
   t.ok(tiny.size <= 2, 'and holds');
 });
+
+t.test('a change that would make the keyring larger than a keyring may be read is refused before it is written', async (t) => {
+  const file = join(t.testdir(), 'keyring.json');
+  const { keyring } = await Keyring.open({ file }, { create: true });
+  const before = await fs.readFile(file, 'utf8');
+  // about 180 bytes a version: 100,000 retired versions make a file over 16 MiB
+  const key = FernetKey.generate();
+  const versions = Array.from({ length: 100_000 }, (_, i) => ({ id: key.id, state: i === 0 ? 'primary' as const : 'retired' as const, created: new Date(0).toISOString(), key }));
+  const huge = new KeySet('huge', NEW_KEY_SETTINGS, versions);
+  await t.rejects(keyring.updateBook((b) => b.with(huge)), { code: 'conflict', message: /^the keyring would be \d+ bytes, more than the 16777216 a keyring may have: delete keys or retire versions/ }, 'refused, with what to do');
+  t.equal(await fs.readFile(file, 'utf8'), before, 'the keyring is unchanged');
+  t.same(keyring.book.keys().map((k) => k.name), ['default'], 'and so are the keys in force');
+});

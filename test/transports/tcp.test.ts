@@ -273,7 +273,7 @@ t.test('a key rotation is a barrier: requests behind it see the new key', async 
   const id = (JSON.parse(rk!) as { id: string }).id;
   t.not(gk, before, 'gk after rk gives a new key');
   t.equal(server.keyring.current.primary.export(), gk, 'the new primary');
-  t.equal((JSON.parse(ki!) as { keys: Array<{ primary: string }> }).keys[0]!.primary, id, 'ki after rk names it the primary');
+  t.equal((JSON.parse(ki!) as { keys: Array<{ id: string; state: string }> }).keys[0]!.id, id, 'ki after rk names it the primary');
   s.socket.destroy();
 });
 

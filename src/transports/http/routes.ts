@@ -172,10 +172,16 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
       validatorCompiler: () => () => true,
       handler: async (req, reply) => {
         // options from the query string, and the path's {key}
-        const query = { ...((req.query ?? {}) as Record<string, unknown>), ...((req.params ?? {}) as Record<string, unknown>) };
+        const params = (req.params ?? {}) as Record<string, unknown>;
+        const query = { ...((req.query ?? {}) as Record<string, unknown>), ...params };
         const body = req.body;
         if (Buffer.isBuffer(body) || op.input === 'none') {
-          const options = op.input === 'none' && body && typeof body === 'object' && !Buffer.isBuffer(body) ? { ...query, ...itemOf(op, body, {}).options } : query;
+          const fields = op.input === 'none' && body && typeof body === 'object' && !Buffer.isBuffer(body) ? itemOf(op, body, {}).options : null;
+          // the key named in the path is the key: a body may repeat it, never change it
+          if (fields && params.key !== undefined && (fields as { key?: unknown }).key !== undefined && (fields as { key?: unknown }).key !== params.key) {
+            throw new CryptError('bad_request', `the path names the key ${String(params.key)}; a "key" in the body must be the same or left out`);
+          }
+          const options = fields ? { ...query, ...fields } : query;
           return sendRaw(op, await run(op, req, Buffer.isBuffer(body) ? body : EMPTY, options), req, reply);
         }
         const json = jsonObject(req, op);
