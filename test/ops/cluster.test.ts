@@ -35,7 +35,7 @@ t.test('--workers 2: shared port, keys follow a rotation in every worker, a dead
   const followed = await Promise.all(workers.map((pid) => server.waitFor(new RegExp(`"pid":${pid},"reason":"(update|reload)","primary":"${rk.id}"`))));
   t.same(followed.map(pidOf).sort(), [...workers].sort(), 'each worker logs the new primary as its keys');
   const infos = await Promise.all(Array.from({ length: 6 }, () => runCli(CLIENT_BIN, [...port, 'ki'], { env })));
-  t.ok(infos.every((r) => (JSON.parse(r.stdout.toString()) as { keys: Array<{ primary: string }> }).keys[0]!.primary === rk.id), 'every connection sees it');
+  t.ok(infos.every((r) => (JSON.parse(r.stdout.toString()) as { keys: Array<{ id: string; state: string }> }).keys[0]!.id === rk.id), 'every connection sees it');
   const plain = await Promise.all(Array.from({ length: 6 }, () => runCli(CLIENT_BIN, [...port, 'de', token], { env })));
   t.ok(plain.every((r) => r.stdout.toString() === 'across workers'), 'and old tokens decrypt everywhere');
 
