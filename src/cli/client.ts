@@ -193,7 +193,8 @@ export async function run(argv: string[], io: Io): Promise<number> {
     client = await CryptClient.connect(options);
     const result = await client.call(op, input, requestOptions);
     write(io, result, true);
-    return EXIT.ok;
+    // a result that is a failure in itself (hc: not_ready) exits 1, as HTTP answers it 503
+    return op.status && op.status(result) >= 400 ? EXIT.failed : EXIT.ok;
   } catch (err) {
     return report(io, err);
   } finally {
@@ -299,7 +300,7 @@ async function session(options: ClientOptions, io: Io, requestOptions: Record<st
     return report(io, err);
   }
   // a token's role says what it may run; without one (no tokens, or an admin) everything is offered
-  const offered = COMMANDS.filter((o) => client.role === null || client.role === 'admin' || (o.roles ?? []).includes(client.role as Role));
+  const offered = COMMANDS.filter((o) => client.role === null || client.role === 'admin' || o.roles === null || o.roles.includes(client.role as Role));
   const names = [...offered.map((o) => o.command), 'help', 'quit'].join(', ');
   const terminal = Boolean(io.stdin.isTTY);
   const rl = createInterface({ input: io.stdin, output: io.stderr, terminal, historySize: terminal ? 100 : 0 });
@@ -363,7 +364,9 @@ async function session(options: ClientOptions, io: Io, requestOptions: Record<st
       }
       try {
         if (client.closed) client = await CryptClient.connect(options);
-        write(io, await client.call(op, input, given), false);
+        const result = await client.call(op, input, given);
+        write(io, result, false);
+        if (op.status && op.status(result) >= 400) failed = true;
       } catch (err) {
         if (!(err instanceof ServerError)) return report(io, err);
         io.stderr.write(`error: ${err.code}: ${err.message}\n`);

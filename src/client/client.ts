@@ -17,6 +17,7 @@ import { encodeRequest } from '../wire/frames.js';
 import { ReplyDecoder, ReplyError } from '../wire/replies.js';
 import type { KeyDetails, KeyInfo } from '../keys/keyring.js';
 import type { KeyListing } from '../core/service.js';
+import type { Readiness } from '../core/health.js';
 import type { Operation } from '../core/operations.js';
 import type { TokenFacts } from '../core/service.js';
 
@@ -231,6 +232,13 @@ export class CryptClient {
       default:
         return reply;
     }
+  }
+
+  /** Readiness: ready or not_ready, each check, and the keyring's public facts. */
+  async health(): Promise<Readiness> {
+    const r = this.#json(await this.request('hc'), 'readiness') as Partial<Readiness>;
+    if ((r.status !== 'ready' && r.status !== 'not_ready') || !Array.isArray(r.checks) || typeof r.keyring?.fingerprint !== 'string') throw this.#unexpected('readiness');
+    return r as Readiness;
   }
 
   /** The versions of a key (default: default), and public facts about the named keys this connection may use. */

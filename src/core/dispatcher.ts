@@ -157,7 +157,7 @@ export class Dispatcher {
         result = op.run!({ service: this.service, policy: this.policy, caller }, input, checked);
       }
     } catch (err) {
-      const e = this.renderError(err, caller, op.command);
+      const e = this.renderError(err, caller, op.command, id);
       if (observed) this.#report(id, op, caller, checked, input.length, start, e.code, null);
       throw e;
     }
@@ -172,7 +172,7 @@ export class Dispatcher {
         return value;
       },
       (err: unknown) => {
-        const e = this.renderError(err, caller, op.command);
+        const e = this.renderError(err, caller, op.command, id);
         if (this.#observers.length > 0) this.#report(id, op, caller, checked, size, start, e.code, null);
         throw e;
       },
@@ -180,12 +180,12 @@ export class Dispatcher {
   }
 
   /** Turns anything thrown into a catalogue error; logs an `internal` or `unavailable` once, with its cause. */
-  renderError(err: unknown, caller: Caller | null, command: string | null): CryptError {
+  renderError(err: unknown, caller: Caller | null, command: string | null, requestId?: string): CryptError {
     const e = toCryptError(err);
     if ((e.code === 'internal' || e.code === 'unavailable') && !this.#logged.has(e)) {
       this.#logged.add(e);
       const cause = e.cause;
-      this.log.error({ op: command, transport: caller?.transport, peer: caller?.peer, code: e.code, reason: cause instanceof FileError ? cause.message : undefined, err: errorFields(cause ?? e) }, e.code === 'internal' ? 'internal error' : 'service unavailable');
+      this.log.error({ requestId, op: command, transport: caller?.transport, peer: caller?.peer, code: e.code, reason: cause instanceof FileError ? cause.message : undefined, err: errorFields(cause ?? e) }, e.code === 'internal' ? 'internal error' : 'service unavailable');
     }
     return e;
   }

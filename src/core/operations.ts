@@ -17,6 +17,7 @@ import type { Caller, Policy, Role } from './access.js';
 import type { CryptService, Decrypted, Encrypted, ExportedKey } from './service.js';
 import { decryptWith, encryptWith, rewrapWith } from './service.js';
 import type { ResolvedKey } from '../keys/keyring.js';
+import type { Readiness } from './health.js';
 
 /** What a request carries: a message, a token, an access secret, or nothing. */
 export type InputKind = 'message' | 'token' | 'secret' | 'none';
@@ -90,6 +91,8 @@ export interface Operation<K extends ResultKind = ResultKind> {
   exportsKey: boolean;
   /** The JSON schema of a `json` result (for the HTTP documentation and serializer). */
   resultSchema?: object;
+  /** The HTTP status of a result, when not always 200 (hc: 503 when not ready); crypt-client exits 1 at 400 or more. */
+  status?: (result: unknown) => number;
   /** A data operation: pure over the request's keys, may run on a worker thread. */
   data?: (keys: ResolvedKey, input: Payload, options: Options) => Results[K];
   /** An operation of the main thread. */
@@ -120,6 +123,24 @@ const VERSION_INFO = {
     id: { type: 'string', description: 'a public fingerprint of the version' },
     state: { type: 'string', enum: ['primary', 'active', 'retired'] },
     created: { type: 'string', format: 'date-time', nullable: true },
+  },
+};
+const KEYRING_FACTS = {
+  type: 'object',
+  properties: {
+    fingerprint: { type: 'string', description: "a hash of every key's name, version ids and states: equal on servers with the same keys in force" },
+    primary: { type: 'string', description: 'the id of the primary version of the key default' },
+    keys: { type: 'integer', description: 'how many named keys' },
+  },
+};
+/** The JSON schema of a liveness answer (GET /health). */
+export const LIVENESS = { type: 'object', properties: { status: { type: 'string', enum: ['ok'] }, keyring: KEYRING_FACTS } };
+const READINESS = {
+  type: 'object',
+  properties: {
+    status: { type: 'string', enum: ['ready', 'not_ready'] },
+    checks: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, ok: { type: 'boolean' }, reason: { type: 'string' } } } },
+    keyring: KEYRING_FACTS,
   },
 };
 const KEY_DETAILS = {
@@ -227,6 +248,13 @@ export const OPERATIONS: readonly Operation[] = [
     http: { method: 'POST', path: '/keys/{key}/rotate', example: 'curl -X POST http://{host}/keys/default/rotate', alias: '/keys/rotate' },
     roles: [], input: 'none', result: 'json', keyed: true, barrier: true, limited: true, resultSchema: VERSION_INFO, options: options(['key', KEY]),
     run: (ctx, _input, o) => ctx.service.rotate(o.key),
+  }),
+  op({
+    command: 'hc', title: 'health', summary: "readiness: ready or not_ready, each check (the keyring loaded and current, the listeners up), and the keyring's fingerprint and primary version; HTTP answers 503 when not ready",
+    http: { method: 'GET', path: '/ready', example: 'curl http://{host}/ready' },
+    roles: null, input: 'none', result: 'json', resultSchema: READINESS,
+    status: (r) => ((r as Readiness).status === 'ready' ? 200 : 503),
+    run: (ctx) => ctx.service.health.ready(),
   }),
   op({
     command: 'au', title: 'authenticate', summary: 'authenticate the connection with an access token (HTTP: the Authorization header)',

@@ -13,6 +13,7 @@
  */
 import { decrypt, inspectToken } from '../crypto/fernet.js';
 import { CryptError } from './errors.js';
+import { Health } from './health.js';
 import { FileError } from '../keys/files.js';
 import { DEFAULT_KEY, KEY_NAME, KeySet, RESERVED_NAME, MIN_AUTO_ROTATE, NEW_KEY_SETTINGS } from '../keys/keyring.js';
 import type { KeyDetails, KeyInfo, KeySettings, KeyState, Keyring, ResolvedKey } from '../keys/keyring.js';
@@ -80,10 +81,13 @@ export class CryptService {
   readonly keyring: Keyring;
   /** The most versions of a key that may decrypt: a rotation past it is refused. */
   readonly maxKeys: number;
+  /** Liveness and readiness; transports add their checks. */
+  readonly health: Health;
 
   constructor(keyring: Keyring, options: { maxKeys?: number } = {}) {
     this.keyring = keyring;
     this.maxKeys = options.maxKeys ?? Infinity;
+    this.health = new Health(keyring);
   }
 
   /** The keys of a request (unknown_key when no key has this name). */

@@ -19,6 +19,7 @@
  *   to load is reported and the keys in force stay. Reloads and updates run one at a time.
  * - Nothing here logs or prints key material; errors name files, key names and ids only.
  */
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
@@ -411,6 +412,17 @@ export class KeyBook {
     return new KeyBook(keys, 2);
   }
 
+  /**
+   * A public fingerprint of every key's name and versions (ids and states), never of material:
+   * equal on two servers when they have the same keys in force, so an operator can watch a
+   * rotation converge. 16 hex digits of SHA-256.
+   */
+  fingerprint(): string {
+    const h = createHash('sha256');
+    for (const set of this.keys()) for (const v of set.info()) h.update(`${set.name} ${v.id} ${v.state}\n`);
+    return h.digest('hex').slice(0, 16);
+  }
+
   /** The key holding a version id. */
   keyOf(id: string): KeySet | undefined {
     return this.keys().find((k) => k.has(id));
@@ -433,6 +445,7 @@ export class Keyring extends EventEmitter {
   /** Derived request keys, shared by every request. */
   readonly derived: DerivedKeys;
   #unwatch: (() => void) | null = null;
+  #problem: string | null = null;
   /** Reloads and updates of this object run one after another, in order. */
   readonly #serial = new Serial();
 
@@ -452,6 +465,14 @@ export class Keyring extends EventEmitter {
   /** The key `default` in force now: what requests without a key name use. */
   get current(): KeySet {
     return this.#book.get(DEFAULT_KEY)!;
+  }
+
+  /**
+   * Why the keys in force may not be the stored ones: the last reload failed (its reason, which
+   * may name the file: for the log). Null once a reload or an update succeeds.
+   */
+  get problem(): string | null {
+    return this.#problem;
   }
 
   /** The keyring file, or null for FERNET_KEYS. */
@@ -538,7 +559,9 @@ export class Keyring extends EventEmitter {
       const latest = await parsed(this.store);
       if (!latest) throw new FileError(`keyring ${this.store.where} has disappeared; keeping the keys in force`);
       if (latest.version !== this.#version) this.#install(latest.book, latest.version, 'reload');
+      this.#problem = null;
     } catch (err) {
+      this.#problem = (err as Error).message;
       this.emit('error', err);
     }
   });
@@ -556,6 +579,8 @@ export class Keyring extends EventEmitter {
   }
 
   #install(book: KeyBook, version: string, reason: 'update' | 'reload'): void {
+    // what was just read or written is the stored keyring: the keys in force are current
+    this.#problem = null;
     if (version === this.#version && book === this.#book) return;
     this.#book = book;
     this.#version = version;

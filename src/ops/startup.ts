@@ -194,6 +194,12 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     info({ proto: tls ? 'https' : 'http', host: config.host, port: http.address.port }, 'listening');
   }
   if (!log.isLevelEnabled('info') && !options.quiet) say(`listening: ${where.join(', ')}`);
+  // readiness (hc, GET /ready): each listener accepts connections
+  service.health.add('tcp', () => (tcp.listening ? null : 'the TCP listener is not accepting connections'));
+  if (http) {
+    const server = http.app.server;
+    service.health.add('http', () => (server.listening ? null : 'the HTTP listener is not accepting connections'));
+  }
 
   keyring.on('change', (book: KeyBook, reason: string) => info({ reason, ...describeKeys(book) }, 'keys changed'));
   keyring.on('error', (err: Error) => log.error({ reason: err.message }, 'keyring change ignored'));

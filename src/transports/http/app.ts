@@ -34,6 +34,14 @@ export interface HttpOptions extends ListenOptions {
   allowedHosts: readonly string[];
 }
 
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+let requestSeq = 0;
+/** A request's id: its x-request-id when that is safe to log and echo, else `h` and a number of this process. */
+function requestId(req: { headers: Record<string, string | string[] | undefined> }): string {
+  const given = req.headers['x-request-id'];
+  return typeof given === 'string' && REQUEST_ID.test(given) ? given : `h${(++requestSeq).toString(36)}`;
+}
+
 /** Builds the Fastify app (not listening): used by listenHttp() and by inject() tests. */
 export async function buildHttp(dispatcher: Dispatcher, options: HttpOptions, log: Logger): Promise<FastifyInstance> {
   const jsonLimit = jsonLimitOf(dispatcher);
@@ -46,6 +54,10 @@ export async function buildHttp(dispatcher: Dispatcher, options: HttpOptions, lo
     keepAliveTimeout: options.idleTimeoutMs > 0 ? Math.min(options.idleTimeoutMs, 72_000) : 72_000,
     requestTimeout: 60_000,
     return503OnClosing: true,
+    // x-request-id: the caller's when it is a plain token of at most 64 characters (it goes into
+    // the log and back in the reply), else one of ours
+    requestIdHeader: false,
+    genReqId: requestId,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, strictTypes: false } },
     frameworkErrors: (_err, _req, reply) => {
       void (reply as unknown as FastifyReply).code(400).send({ error: errorBody(new CryptError('bad_request', 'malformed URL')) });

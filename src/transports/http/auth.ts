@@ -72,6 +72,8 @@ export const authPlugin = fp<{ dispatcher: Dispatcher; hosts: HostRules }>(async
   // a callback hook, not an async one: no promise per request on the hot path
   const hookFor = (op: Operation | undefined): onRequestHookHandler => (req, reply, done) => {
     req.caller = newCaller('http', req.socket.remoteAddress);
+    // the request id (the caller's x-request-id, or one of ours: see app.ts) goes back, errors included
+    reply.header('x-request-id', req.id);
     const refusal = browserRefusal(req, allowedHost);
     if (refusal) return done(new CryptError('forbidden', refusal));
     const auth = req.headers.authorization;

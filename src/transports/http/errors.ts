@@ -43,7 +43,7 @@ export function httpError(err: FastifyError, limit: number): CryptError {
 /** Registers the error handler, the 404 answer and the answer to malformed URLs. */
 export const errorsPlugin = fp<{ dispatcher: Dispatcher; limitOf: (req: FastifyRequest) => number }>(async (app: FastifyInstance, { dispatcher, limitOf }) => {
   app.setErrorHandler((err: FastifyError, req, reply) => {
-    const e = dispatcher.renderError(httpError(err, limitOf(req)), req.caller ?? null, req.routeOptions.url ?? null);
+    const e = dispatcher.renderError(httpError(err, limitOf(req)), req.caller ?? null, req.routeOptions.url ?? null, String(req.id));
     if (e.code === 'unauthorized') reply.header('www-authenticate', 'Bearer');
     if (e.close) reply.header('connection', 'close');
     return reply.code(e.status).type('application/json; charset=utf-8').send({ error: errorBody(e) });

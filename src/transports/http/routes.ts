@@ -16,7 +16,7 @@ import fp from 'fastify-plugin';
 import { isUtf8 } from 'node:buffer';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { CryptError } from '../../core/errors.js';
-import { OPERATIONS } from '../../core/operations.js';
+import { LIVENESS, OPERATIONS } from '../../core/operations.js';
 import type { Operation, Payload, ResultKind, Results } from '../../core/operations.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
 import { VERSION } from '../../core/version.js';
@@ -155,7 +155,7 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
         const item = itemOf(op, raw, shared);
         out.push(jsonResult(op, await run(op, req, item.input, item.options), item.base64));
       } catch (err) {
-        out.push({ error: errorBody(dispatcher.renderError(err, req.caller, op.command)) });
+        out.push({ error: errorBody(dispatcher.renderError(err, req.caller, op.command, String(req.id))) });
       }
     }
     return { batch: out };
@@ -168,6 +168,8 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
       method: op.http.method,
       url: fastifyPath(path),
       schema: path === op.http.path ? routeSchema(op) : { hide: true },
+      // what anyone may run (GET /ready) is what load balancers poll: not rate limited
+      ...(op.roles === null ? { config: { rateLimit: false } } : {}),
       // bodies are checked in code, item by item (see the rules above)
       validatorCompiler: () => () => true,
       handler: async (req, reply) => {
@@ -182,7 +184,9 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
             throw new CryptError('bad_request', `the path names the key ${String(params.key)}; a "key" in the body must be the same or left out`);
           }
           const options = fields ? { ...query, ...fields } : query;
-          return sendRaw(op, await run(op, req, Buffer.isBuffer(body) ? body : EMPTY, options), req, reply);
+          const result = await run(op, req, Buffer.isBuffer(body) ? body : EMPTY, options);
+          if (op.status) reply.code(op.status(result));
+          return sendRaw(op, result, req, reply);
         }
         const json = jsonObject(req, op);
         if (json.batch !== undefined) return batch(op, req, json, query);
@@ -200,7 +204,8 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
     openapi: '/openapi.json',
     routes: [...OPERATIONS.flatMap((o) => (o.http ? [`${o.http.method} ${o.http.path}`] : [])), 'GET /health'],
   }));
-  app.get('/health', { schema: { summary: 'Health check for load balancers', response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } }, config: { rateLimit: false } }, async () => ({ status: 'ok' }));
+  // liveness: the process answers (readiness is hc, GET /ready, from the operations table)
+  app.get('/health', { schema: { summary: "Liveness: the process answers; with the keyring's fingerprint and primary version", response: { 200: LIVENESS } }, config: { rateLimit: false } }, async () => dispatcher.service.health.live());
 
   // every other method on a known path: 405 with Allow and a usage line
   const paths = new Map<string, { allow: string[]; example: string }>();

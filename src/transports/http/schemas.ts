@@ -87,7 +87,8 @@ export function routeSchema(op: Operation): FastifySchema {
   const schema: Record<string, unknown> = {
     summary: op.summary,
     description: `TCP: #${op.command}#...#. Roles: ${op.roles === null ? 'anyone' : ['admin', ...op.roles].join(', ')}.`,
-    response: { 200: okResponse(op), ...Object.fromEntries([400, 401, 403, 413, 415, 429, 503].map((s) => [s, errorRef])) },
+    // an operation with a status of its own (hc: 503 not_ready) answers 503 with its result or an error: no 503 schema
+    response: { 200: okResponse(op), ...Object.fromEntries([400, 401, 403, 413, 415, 429, ...(op.status ? [] : [503])].map((s) => [s, errorRef])) },
   };
   const inPath = [...op.http!.path.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!);
   if (inPath.length > 0) schema.params = { type: 'object', properties: Object.fromEntries(inPath.map((p) => [p, { type: 'string', description: op.options.get(p)?.describe ?? p }])), required: inPath };

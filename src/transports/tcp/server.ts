@@ -94,6 +94,11 @@ export class TcpServer {
     return this.#server.address() as AddressInfo;
   }
 
+  /** Whether it accepts connections. */
+  get listening(): boolean {
+    return this.#server.listening;
+  }
+
   /** Open connections. */
   get connections(): number {
     return this.#connections.size;
