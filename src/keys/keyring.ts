@@ -103,6 +103,13 @@ export class KeySet {
   readonly #entries: readonly Entry[];
   /** The resolution of a key that is not derived (the same for every request), made on first use. */
   #plain: ResolvedKey | null = null;
+  /**
+   * Resolutions of a derived key by context object: a TCP head's checked options (context
+   * included) are cached with the head (src/core/dispatcher.ts), so requests that repeat a head
+   * bring the same Buffer and skip the derived-key cache's lookups. Weak: an entry lives as long
+   * as its context does (the bounded head cache, or one request).
+   */
+  readonly #byContext = new WeakMap<Buffer, ResolvedKey>();
 
   constructor(name: string, settings: KeySettings, entries: Entry[]) {
     this.name = name;
@@ -211,9 +218,13 @@ export class KeySet {
       return this.#plain ?? this.#resolved();
     }
     if (!context) throw new CryptError('bad_request', `key ${this.name} is derived: send a context (base64url, 1 to 256 bytes)`);
+    const known = this.#byContext.get(context);
+    if (known) return known;
     const plain = this.#resolved();
     const decrypting = plain.decrypting.map((root, i) => cache.get(root, plain.ids[i]!, context));
-    return { name: this.name, primary: decrypting[0]!, primaryId: plain.primaryId, decrypting, ids: plain.ids };
+    const resolved: ResolvedKey = { name: this.name, primary: decrypting[0]!, primaryId: plain.primaryId, decrypting, ids: plain.ids };
+    this.#byContext.set(context, resolved);
+    return resolved;
   }
 
   /** Every version (retired ones too) as request keys, with their states: for inspect. */

@@ -278,3 +278,21 @@ t.test('a change that would make the keyring larger than a keyring may be read i
   t.equal(await fs.readFile(file, 'utf8'), before, 'the keyring is unchanged');
   t.same(keyring.book.keys().map((k) => k.name), ['default'], 'and so are the keys in force');
 });
+
+t.test('a derived key resolved again for the same context object is the same resolution; other objects of the same bytes agree', async (t) => {
+  const set = KeySet.generate('users', { ...NEW_KEY_SETTINGS, derived: true });
+  const cache = new DerivedKeys();
+  const context = Buffer.from('tenant-42');
+  const first = set.resolve(context, cache);
+  t.equal(set.resolve(context, cache), first, 'the same context object: the same resolution');
+  const copy = set.resolve(Buffer.from('tenant-42'), cache);
+  t.not(copy, first, 'another object is resolved through the cache');
+  t.equal(copy.primary, first.primary, 'to the same derived key');
+  const other = set.resolve(Buffer.from('tenant-43'), cache);
+  t.not(other.primary, first.primary, 'another context: another key');
+  const token = first.primary.encrypt(Buffer.from('hi'));
+  t.throws(() => decrypt(other.decrypting, token), { code: 'invalid_token' }, 'which does not decrypt the first one\'s tokens');
+  const rotated = set.rotated();
+  t.not(rotated.resolve(context, cache).primary, first.primary, 'after a rotation, the same context object resolves to the new primary');
+  t.equal(decrypt(rotated.resolve(context, cache).decrypting, token).plaintext.toString(), 'hi', 'and still decrypts the old tokens');
+});
