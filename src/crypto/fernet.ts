@@ -29,22 +29,6 @@ const HMAC_BLOCK = 64;
 /** The reference implementations' tolerance for timestamps from the future, in seconds. */
 export const MAX_CLOCK_SKEW = 60;
 const PADDING = ['', '==', '='];
-
-/** Bytes per piece in largeText: a multiple of 3, so base64url pieces join without padding. */
-const PIECE = 48 * 1024;
-
-/**
- * buf.toString(encoding, start, end) for large ranges, made of pieces joined into one string.
- * Node returns a string of about 1 MB or more as an external string, whose bytes V8 frees only
- * in a full collection: a worker thread encrypting large messages would hold many of them as
- * garbage beside the memory budget. A joined string lives in V8's heap, like any other.
- */
-function largeText(buf: Buffer, start: number, end: number, encoding: 'base64url' | 'latin1'): string {
-  if (end - start <= PIECE) return buf.toString(encoding, start, end);
-  const pieces: string[] = [];
-  for (let at = start; at < end; at += PIECE) pieces.push(buf.toString(encoding, at, Math.min(end, at + PIECE)));
-  return pieces.join('');
-}
 const KEY_ID_CONTEXT = 'crypt key id v1\0';
 const DERIVE_SALT = 'crypt derived key v1';
 const HKDF_BLOCK_1 = Buffer.of(1);
@@ -200,7 +184,7 @@ export class FernetKey {
     }
     this.#encChain = Buffer.from(buf.subarray(at - BLOCK, at));
     this.#mac(buf, at, buf, at);
-    return largeText(buf, t, t + size, 'base64url') + PADDING[size % 3];
+    return buf.toString('base64url', t, t + size) + PADDING[size % 3];
   }
 
   #makePads(): Buffer {
@@ -326,7 +310,7 @@ export interface Inspected {
 
 /** Decodes a token into the scratch buffer; checks its form (base64, version, length) only. */
 function decodeToken(token: string | Uint8Array): { buf: Buffer; size: number; timestamp: number } {
-  const text = typeof token === 'string' ? token : largeText(Buffer.from(token.buffer, token.byteOffset, token.length), 0, token.length, 'latin1');
+  const text = typeof token === 'string' ? token : Buffer.from(token.buffer, token.byteOffset, token.length).toString('latin1');
   const buf = workspace(HMAC_BLOCK + Math.ceil((text.length * 3) / 4) + 3);
   const size = decodeBase64url(text, buf, HMAC_BLOCK);
   if (size < OVERHEAD + BLOCK || (size - OVERHEAD) % BLOCK !== 0 || buf[HMAC_BLOCK] !== VERSION) throw invalidToken();
