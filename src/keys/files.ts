@@ -25,7 +25,8 @@ export class FileError extends Error {
 /** The largest secret file read, in bytes (a keyring of 10,000 named keys is about 2 MB). */
 export const MAX_SECRET_FILE = 16 * 1024 * 1024;
 
-const myUid = (): number => process.getuid?.() ?? 0;
+/** This process's user id (0 where there is none). */
+export const myUid = (): number => process.getuid?.() ?? 0;
 const octal = (mode: number): string => (mode & 0o7777).toString(8).padStart(4, '0');
 
 /** Throws a FileError unless st is a private regular file of this user (or root). */
@@ -60,19 +61,27 @@ export async function checkDirectory(path: string, what: string): Promise<void> 
 }
 
 /**
- * Reads a secret file after every check above; null when it does not exist. The checks run on
- * the open descriptor, so the file checked is the file read.
+ * Opens a file for reading, never through a symbolic link and never blocking on a FIFO; null when
+ * it does not exist, a FileError otherwise.
  */
-export async function readSecret(path: string, what: string, maxBytes = MAX_SECRET_FILE): Promise<Buffer | null> {
-  let fh: fs.FileHandle;
+export async function openNoFollow(path: string, what: string): Promise<fs.FileHandle | null> {
   try {
-    fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    return await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return null;
     if (code === 'ELOOP') throw new FileError(`${what} ${path} is a symbolic link: give the path of the file itself`);
     throw new FileError(`cannot read ${what} ${path} (${code ?? 'error'})`);
   }
+}
+
+/**
+ * Reads a secret file after every check above; null when it does not exist. The checks run on
+ * the open descriptor, so the file checked is the file read.
+ */
+export async function readSecret(path: string, what: string, maxBytes = MAX_SECRET_FILE): Promise<Buffer | null> {
+  const fh = await openNoFollow(path, what);
+  if (!fh) return null;
   try {
     const st = await fh.stat();
     checkSecretStats(st, path, what, maxBytes);

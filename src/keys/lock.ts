@@ -18,11 +18,11 @@
  * - Releasing never hides the work done under the lock: a release that fails is retried, then
  *   left (the lock then goes stale only by its owner's death or age).
  */
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
-import { FileError, PID_NAMESPACE, PROCESS_TAG, isAlive } from './files.js';
+import { FileError, PID_NAMESPACE, PROCESS_TAG, isAlive, myUid, openNoFollow } from './files.js';
 
 /** A lock not refreshed for this long is stale when its owner can't be checked (another host). */
 export const STALE_MS = 30_000;
@@ -51,17 +51,9 @@ export interface HeldLock {
   verify(): Promise<void>;
 }
 
-const myUid = (): number => process.getuid?.() ?? 0;
-
 async function see(path: string): Promise<Seen | null> {
-  let fh: fs.FileHandle;
-  try {
-    fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return null;
-    throw new FileError(`cannot read lock ${path} (${code ?? 'error'})`);
-  }
+  const fh = await openNoFollow(path, 'lock');
+  if (!fh) return null;
   try {
     const st = await fh.stat();
     const text = st.isFile() && st.size <= 4096 ? await fh.readFile('utf8') : '';
