@@ -35,6 +35,9 @@ import { VERSION } from '../core/version.js';
 import { EXIT, closest, complain, flagOptions, parseOrExit, readAll } from './common.js';
 import type { Io } from './common.js';
 
+/** The most stdin read as a message or token: a message of 192 MiB has a token of the largest reply the client reads (MAX_REPLY, 256 MiB). */
+const MAX_STDIN = 192 * 1024 * 1024;
+
 const PROGRAM = 'crypt-client';
 /** The operations a client runs as commands: all but `au`, which the connection does itself. */
 const COMMANDS: readonly Operation[] = OPERATIONS.filter((o) => o.input !== 'secret');
@@ -114,7 +117,7 @@ const isOption = (word: string): boolean => word.startsWith('-') && word !== '-'
  * message too, options or not; `--` starts it explicitly. `afterDashes` says the words came after `--`.
  * A command that takes no message (kc, ks...) leaves everything to yargs.
  */
-export function splitArgv(argv: readonly string[]): { head: string[]; words: string[]; afterDashes: boolean } {
+function splitArgv(argv: readonly string[]): { head: string[]; words: string[]; afterDashes: boolean } {
   const head: string[] = [];
   let command = false;
   for (let i = 0; i < argv.length; i++) {
@@ -249,13 +252,20 @@ async function inputOf(op: Operation, words: string[], io: Io, afterDashes: bool
     complain(io, PROGRAM, `${op.command} takes no argument${isOption(words[0]!) ? ` (options go before ${op.command})` : ''}`);
     return EXIT.usage;
   }
-  if (words.length === 1 && words[0] === '-' && !afterDashes) return readAll(io.stdin);
+  const readStdin = async (): Promise<Buffer | number> => {
+    const all = await readAll(io.stdin, MAX_STDIN);
+    if (all !== null) return all;
+    complain(io, PROGRAM, `stdin holds more than ${MAX_STDIN} bytes, more than any server answers (its token would pass the largest reply)`);
+    return EXIT.usage;
+  };
+  if (words.length === 1 && words[0] === '-' && !afterDashes) return readStdin();
   if (words.length === 0) {
     if (io.stdin.isTTY) {
       complain(io, PROGRAM, `${op.command} needs a ${what}: ${PROGRAM} ${op.command} <${what}>, or pipe it on stdin`);
       return EXIT.usage;
     }
-    const piped = await readAll(io.stdin);
+    const piped = await readStdin();
+    if (typeof piped === 'number') return piped;
     if (piped.length === 0) {
       complain(io, PROGRAM, `${op.command} got no ${what}: stdin was empty (pass - to ${op.command} empty input on purpose)`);
       return EXIT.usage;

@@ -33,11 +33,21 @@ export function flagOptions(table: readonly Setting[]): Record<string, Options> 
   return options;
 }
 
-/** Reads a whole stream as bytes. */
-export async function readAll(stream: Readable): Promise<Buffer> {
+/** Reads a whole stream as bytes; null (and the stream destroyed) once it passes max bytes. */
+export async function readAll(stream: Readable, max = Infinity): Promise<Buffer | null> {
   const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
-  return Buffer.concat(chunks);
+  let size = 0;
+  for await (const chunk of stream) {
+    const b = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+    size += b.length;
+    // past max: stop reading and say so (null), rather than hold all of it
+    if (size > max) {
+      stream.destroy();
+      return null;
+    }
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks, size);
 }
 
 /** Writes `<program>: <message>` on stderr. */

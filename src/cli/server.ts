@@ -142,6 +142,19 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
     complain(io, PROGRAM, 'keys backup needs a file to write: -o <file>');
     return EXIT.usage;
   }
+  // flag values are checked before the keyring is opened: a bad one is a usage error (exit 2)
+  let settings: { exportable?: boolean; deletionAllowed?: boolean; autoRotate?: number | null };
+  try {
+    settings = {
+      // create takes a bare --exportable (yargs gives '') as true
+      exportable: args.exportable === undefined ? undefined : action === 'create' && args.exportable === '' ? true : (optionValue('--exportable', BOOL, args.exportable) as boolean),
+      deletionAllowed: args['deletion-allowed'] === undefined ? undefined : (optionValue('--deletion-allowed', BOOL, args['deletion-allowed']) as boolean),
+      autoRotate: args['auto-rotate'] === undefined ? undefined : (optionValue('--auto-rotate', PERIOD, args['auto-rotate']) as number | null),
+    };
+  } catch (err) {
+    complain(io, PROGRAM, (err as Error).message);
+    return EXIT.usage;
+  }
   try {
     if (action === 'init') {
       if (config.fernetKeys !== undefined) throw new FileError('keys come from FERNET_KEYS: there is no keyring file to create');
@@ -173,18 +186,12 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
         break;
       }
       case 'create': {
-        const exportable = args.exportable === undefined ? false : args.exportable === '' || (optionValue('--exportable', BOOL, args.exportable) as boolean);
-        const k = await service.createKey(arg!, { derived: Boolean(args.derived), exportable });
+        const k = await service.createKey(arg!, { derived: Boolean(args.derived), exportable: settings.exportable ?? false });
         say(`created: ${k.name}${k.derived ? ' (derived: requests bring a context)' : ''}${k.exportable ? ', exportable' : ''}, primary version ${k.primary}`);
         break;
       }
       case 'config': {
-        const change = {
-          exportable: args.exportable === undefined ? undefined : (optionValue('--exportable', BOOL, args.exportable) as boolean),
-          deletionAllowed: args['deletion-allowed'] === undefined ? undefined : (optionValue('--deletion-allowed', BOOL, args['deletion-allowed']) as boolean),
-          autoRotate: args['auto-rotate'] === undefined ? undefined : (optionValue('--auto-rotate', PERIOD, args['auto-rotate']) as number | null),
-        };
-        const k = await service.configureKey(arg!, change);
+        const k = await service.configureKey(arg!, settings);
         say(`configured: ${k.name}: ${k.exportable ? 'exportable' : 'not exportable'}, deletion ${k.deletion_allowed ? 'allowed' : 'not allowed'}, automatic rotation ${period(k.auto_rotate)}`);
         break;
       }

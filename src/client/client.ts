@@ -57,7 +57,7 @@ export class ProtocolError extends ConnectionError {
 }
 
 /** The message for a peer that answers HTTP. */
-export const HTTP_PORT = 'this is an HTTP port: crypt-client speaks the TCP protocol (--port 8000 by default), or use curl for HTTP';
+const HTTP_PORT = 'this is an HTTP port: crypt-client speaks the TCP protocol (--port 8000 by default), or use curl for HTTP';
 
 const TOKEN = /^gA[A-Za-z0-9_-]+={0,2}$/;
 const KEY = /^[A-Za-z0-9_-]{43}=$/;
@@ -70,7 +70,7 @@ interface Pending {
 const UNTRUSTED = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED']);
 
 /** A failure to connect, as one line that names the real cause and what to do. */
-export function connectError(err: NodeJS.ErrnoException, options: ClientOptions): ConnectionError {
+function connectError(err: NodeJS.ErrnoException, options: ClientOptions): ConnectionError {
   const where = `${options.host}:${options.port}`;
   const code = err.code ?? '';
   if (code === 'ECONNREFUSED') return new ConnectionError(`cannot connect to ${where} (connection refused): is crypt-server running?`);

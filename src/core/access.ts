@@ -66,7 +66,7 @@ export function isLoopback(address: string | undefined): boolean {
 }
 
 /** The shortest secret accepted in a tokens file. */
-export const MIN_SECRET = 16;
+const MIN_SECRET = 16;
 /** The largest secret accepted in a request, in bytes. */
 export const MAX_SECRET = 1024;
 
@@ -161,11 +161,6 @@ export class AccessTokens extends EventEmitter {
   /** Counts the reloads. */
   get generation(): number {
     return this.#generation;
-  }
-
-  /** How many tokens are in force. */
-  get size(): number {
-    return this.#entries.length;
   }
 
   /** The entry of the SHA-256 of a secret (the first, if several), or null; constant time over all entries. */
@@ -270,7 +265,8 @@ export class AuthThrottle {
     const report = this.#report;
     report.failures++;
     if (!this.#reported.has(caller.peer)) {
-      this.#reported.add(caller.peer);
+      // bounded as #peers is: past MAX_PEERS addresses in a window, each further one is counted, not kept
+      if (this.#reported.size < MAX_PEERS) this.#reported.add(caller.peer);
       report.peers++;
     }
     let entry = this.#peers.get(caller.peer);

@@ -117,7 +117,7 @@ export class Dispatcher {
     return op ? this.#limit(op) : SMALL;
   }
 
-  /** Throws unless the caller may run the operation (a batch checks once before its items). */
+  /** Throws unless the caller may run the operation: HTTP checks it before reading a body (dispatch checks again). */
   authorize(op: Operation, caller: Caller): void {
     this.policy.authorize(op, caller);
   }
@@ -135,7 +135,6 @@ export class Dispatcher {
   dispatch<K extends ResultKind>(op: Operation<K>, caller: Caller, input: Payload, options: unknown, requestId?: string): Results[K] | Promise<Results[K]> {
     const observed = this.#observers.length > 0;
     const start = observed ? performance.now() : 0;
-    const id = requestId ?? String(++this.#seq);
     let result: Results[K] | Promise<Results[K]>;
     let checked: Options = EMPTY;
     try {
@@ -157,26 +156,33 @@ export class Dispatcher {
         result = op.run!({ service: this.service, policy: this.policy, caller }, input, checked);
       }
     } catch (err) {
+      // a request id is made only when something is logged or observed (TCP requests bring none)
+      const id = requestId ?? this.#nextId();
       const e = this.renderError(err, caller, op.command, id);
       if (observed) this.#report(id, op, caller, checked, input.length, start, e.code, null);
       throw e;
     }
     if (!(result instanceof Promise)) {
-      if (observed) this.#report(id, op, caller, checked, input.length, start, 'ok', result);
+      if (observed) this.#report(requestId ?? this.#nextId(), op, caller, checked, input.length, start, 'ok', result);
       return result;
     }
     const size = input.length;
     return result.then(
       (value) => {
-        if (this.#observers.length > 0) this.#report(id, op, caller, checked, size, start, 'ok', value);
+        if (this.#observers.length > 0) this.#report(requestId ?? this.#nextId(), op, caller, checked, size, start, 'ok', value);
         return value;
       },
       (err: unknown) => {
+        const id = requestId ?? this.#nextId();
         const e = this.renderError(err, caller, op.command, id);
         if (this.#observers.length > 0) this.#report(id, op, caller, checked, size, start, e.code, null);
         throw e;
       },
     );
+  }
+
+  #nextId(): string {
+    return String(++this.#seq);
   }
 
   /** Turns anything thrown into a catalogue error; logs an `internal` or `unavailable` once, with its cause. */

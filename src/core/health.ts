@@ -39,6 +39,8 @@ export type Check = () => string | null;
 export class Health {
   readonly #keyring: Keyring;
   readonly #checks = new Map<string, Check>();
+  /** The facts of the last book asked about: a book never changes, a change is a new book. */
+  #facts: { book: object; facts: KeyringFacts } | null = null;
 
   constructor(keyring: Keyring) {
     this.#keyring = keyring;
@@ -60,7 +62,8 @@ export class Health {
   /** Public facts about the keys in force. */
   facts(): KeyringFacts {
     const book = this.#keyring.book;
-    return { fingerprint: book.fingerprint(), primary: this.#keyring.current.details().primary, keys: book.size };
+    if (this.#facts?.book !== book) this.#facts = { book, facts: Object.freeze({ fingerprint: book.fingerprint(), primary: this.#keyring.current.primaryId, keys: book.size }) };
+    return this.#facts.facts;
   }
 
   /** Liveness: the process answers. */

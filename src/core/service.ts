@@ -150,6 +150,7 @@ export class CryptService {
   async configureKey(name: string, change: Partial<Omit<KeySettings, 'derived'>>): Promise<KeyDetails> {
     const given = Object.fromEntries(Object.entries(change).filter(([, v]) => v !== undefined)) as Partial<Omit<KeySettings, 'derived'>>;
     if (Object.keys(given).length === 0) throw new CryptError('bad_request', 'nothing to change: give exportable, deletion_allowed or auto_rotate');
+    // optionValue parses what a face sends and checks it the same way; this guards every other caller of the service
     if (given.autoRotate !== undefined && given.autoRotate !== null && given.autoRotate < MIN_AUTO_ROTATE) throw new CryptError('bad_request', `auto_rotate must be at least ${MIN_AUTO_ROTATE} seconds (1h), or off`);
     const set = await storage(() => this.keyring.update((s) => s.withSettings(given), name), 'changing the key');
     return set.details();
@@ -157,13 +158,12 @@ export class CryptService {
 
   /** Deletes a key: only one whose settings allow it, and only when confirmed. */
   async deleteKey(name: string, confirmed: boolean): Promise<{ deleted: string }> {
-    const set = this.keyring.book.key(name);
     if (name === DEFAULT_KEY) throw new CryptError('conflict', `the key ${DEFAULT_KEY} can't be deleted: requests without a key name use it`);
-    if (!set.settings.deletionAllowed) throw new CryptError('conflict', `key ${name} may not be deleted: allow it first with crypt-server keys config ${name} --deletion-allowed true`);
+    mayDelete(this.keyring.book.key(name));
     if (!confirmed) throw new CryptError('bad_request', `deleting key ${name} makes every token made with it undecryptable, for good: confirm it (confirm=true, --yes)`);
     await storage(() => this.keyring.updateBook((b) => {
-      const latest = b.key(name);
-      if (!latest.settings.deletionAllowed) throw new CryptError('conflict', `key ${name} may not be deleted: allow it first with crypt-server keys config ${name} --deletion-allowed true`);
+      // checked again on the latest stored keys: another process may have changed the setting
+      mayDelete(b.key(name));
       return b.without(name);
     }), 'deleting the key');
     return { deleted: name };
@@ -202,6 +202,11 @@ export class CryptService {
     }
     return { rotated, failed };
   }
+}
+
+/** Throws conflict unless the key's settings allow deleting it. */
+function mayDelete(set: KeySet): void {
+  if (!set.settings.deletionAllowed) throw new CryptError('conflict', `key ${set.name} may not be deleted: allow it first with crypt-server keys config ${set.name} --deletion-allowed true`);
 }
 
 /** Runs a keyring change; a file problem becomes `unavailable`, its reason kept for the log. */

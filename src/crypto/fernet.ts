@@ -93,7 +93,7 @@ export class FernetKey {
   /** The AES contexts. */
   #enc: Cipher | null = null;
   #dec: Decipher | null = null;
-  /** The last ciphertext block each context chained from (see encryptWith); never written in place when shared. */
+  /** The last ciphertext block each context chained from (see encryptWith): ZERO_BLOCK (shared, never written) until the context exists. */
   #encChain: Buffer = ZERO_BLOCK;
   #decChain: Buffer | null = null;
 
@@ -157,7 +157,8 @@ export class FernetKey {
     const chain = this.#encChain;
     for (let i = 0; i < BLOCK; i++) pt[i]! ^= buf[t + 9 + i]! ^ chain[i]!;
     const ct = this.#cipher().update(pt);
-    this.#encChain = ct.subarray(padded - BLOCK);
+    // copied, not a view: a view would keep the whole ciphertext alive until the key's next encrypt
+    ct.copy(this.#encChain, 0, padded - BLOCK);
     ct.copy(buf, t + HEADER);
     this.#mac(buf, t + HEADER + padded, buf, t + HEADER + padded);
     return buf.toString('base64url', t, t + size) + PADDING[size % 3];
@@ -182,7 +183,7 @@ export class FernetKey {
       part.copy(buf, at);
       at += part.length;
     }
-    this.#encChain = Buffer.from(buf.subarray(at - BLOCK, at));
+    buf.copy(this.#encChain, 0, at - BLOCK, at);
     this.#mac(buf, at, buf, at);
     return buf.toString('base64url', t, t + size) + PADDING[size % 3];
   }
@@ -215,7 +216,10 @@ export class FernetKey {
 
   /** The encrypting AES context; its chaining starts from a zero block, as #encChain does. */
   #cipher(): Cipher {
-    return (this.#enc ??= createCipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false));
+    if (this.#enc) return this.#enc;
+    // a new context chains from a zero block, as #encChain reads until now; from here on the key has its own
+    this.#encChain = Buffer.alloc(BLOCK);
+    return (this.#enc = createCipheriv('aes-128-cbc', this.#secret.subarray(16, 32), ZERO_BLOCK).setAutoPadding(false));
   }
 
   /**

@@ -30,7 +30,7 @@ export const myUid = (): number => process.getuid?.() ?? 0;
 const octal = (mode: number): string => (mode & 0o7777).toString(8).padStart(4, '0');
 
 /** Throws a FileError unless st is a private regular file of this user (or root). */
-export function checkSecretStats(st: Stats, path: string, what: string, maxBytes = MAX_SECRET_FILE): void {
+function checkSecretStats(st: Stats, path: string, what: string, maxBytes = MAX_SECRET_FILE): void {
   if (!st.isFile()) throw new FileError(`${what} ${path} is not a regular file`);
   const uid = myUid();
   if (st.uid !== uid && st.uid !== 0) throw new FileError(`${what} ${path} is owned by uid ${st.uid}, not by this user (uid ${uid}) or root: run chown ${uid} ${path} if it is yours`);

@@ -125,6 +125,11 @@ export class KeySet {
     return this.#resolved().primary;
   }
 
+  /** The id of the primary version. */
+  get primaryId(): string {
+    return this.#resolved().primaryId;
+  }
+
   /** The versions that decrypt: the primary first, then the active ones, newest first. */
   get decrypting(): readonly FernetKey[] {
     return this.#resolved().decrypting;
@@ -189,11 +194,6 @@ export class KeySet {
     };
   }
 
-  /** Every version with its public facts and key, retired ones too, newest first. */
-  all(): ReadonlyArray<KeyInfo & { key: FernetKey }> {
-    return this.#entries;
-  }
-
   /** Public facts about every version, newest first. */
   info(): KeyInfo[] {
     return this.#entries.map(({ id, state, created }) => ({ id, state, created }));
@@ -215,7 +215,7 @@ export class KeySet {
   resolve(context: Buffer | null, cache: DerivedKeys): ResolvedKey {
     if (!this.settings.derived) {
       if (context) throw new CryptError('bad_request', `key ${this.name} is not derived: a context means nothing to it, send none`);
-      return this.#plain ?? this.#resolved();
+      return this.#resolved();
     }
     if (!context) throw new CryptError('bad_request', `key ${this.name} is derived: send a context (base64url, 1 to 256 bytes)`);
     const known = this.#byContext.get(context);
@@ -444,7 +444,7 @@ export class KeyBook {
 export type KeySource = { file: string } | { list: string };
 
 /** The store for a source. */
-export const storeOf = (source: KeySource): KeyStore => ('list' in source ? new ListStore(source.list) : new FileStore(source.file));
+const storeOf = (source: KeySource): KeyStore => ('list' in source ? new ListStore(source.list) : new FileStore(source.file));
 
 const MAX_RETRIES = 20;
 

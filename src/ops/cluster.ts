@@ -24,14 +24,14 @@ import { openKeyring } from './startup.js';
 import type { ServerConfig } from './config.js';
 
 /** The message a worker sends once it listens. */
-export const READY = 'crypt:ready';
+const READY = 'crypt:ready';
 /** The message that asks a worker to shut down. */
-export const SHUTDOWN = 'crypt:shutdown';
+const SHUTDOWN = 'crypt:shutdown';
 /** The environment variable that makes a worker the lead: the one that logs routine lines. */
 export const LEAD = 'CRYPT_WORKER_LEAD';
 /** Deaths within RESTART_WINDOW_MS after which the primary gives up. */
-export const MAX_RESTARTS = 5;
-export const RESTART_WINDOW_MS = 60_000;
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
 const RESTART_BASE_MS = 100;
 const RESTART_MAX_MS = 10_000;
 
@@ -39,7 +39,7 @@ const RESTART_MAX_MS = 10_000;
 export const isWorker = (): boolean => cluster.isWorker;
 
 /** The delay before replacing a worker, given the deaths within the window (1 for the first). */
-export const restartDelay = (deaths: number): number => Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** (deaths - 1));
+const restartDelay = (deaths: number): number => Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** (deaths - 1));
 
 /** Runs the primary: forks config.workers workers and supervises them; resolves with the exit code. */
 export async function runPrimary(config: ServerConfig, log: Logger, signals: NodeJS.EventEmitter, stderr?: Writable): Promise<number> {

@@ -20,13 +20,16 @@ export function isBare(value: Uint8Array | string): boolean {
   return value.indexOf(LF) === -1 && value.indexOf(CR) === -1 && value[0] !== HASH;
 }
 
-/** Encodes a success reply: the value bare when it is safe to, else `#ok:<n>#<bytes>#`. Strings are latin1. */
-export function encodeResult(value: string | Buffer): Array<string | Buffer> {
+/**
+ * Encodes a success reply: the value bare when it is safe to, else `#ok:<n>#<bytes>#`. Strings
+ * are latin1. `bare`: the caller knows the value is safe (a token or key: base64url), no scan.
+ */
+export function encodeResult(value: string | Buffer, bare = false): Array<string | Buffer> {
   if (typeof value === 'string') {
-    if (isBare(value)) return [value + '\n'];
+    if (bare || isBare(value)) return [value + '\n'];
     return [`#ok:${Buffer.byteLength(value, 'latin1')}#${value}#\n`];
   }
-  if (isBare(value)) return [value, '\n'];
+  if (bare || isBare(value)) return [value, '\n'];
   return [`#ok:${value.length}#`, value, '#\n'];
 }
 

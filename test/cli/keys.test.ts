@@ -76,8 +76,8 @@ t.test('config, rotate <name>, retire and activate work on one key', async (t) =
   const unchanged = await fs.readFile(file, 'utf8');
   const refusals: Array<[string[], number, string]> = [
     [['config', 'billing'], 1, 'crypt-server: nothing to change: give exportable, deletion_allowed or auto_rotate\n'],
-    [['config', 'billing', '--auto-rotate', '5m'], 1, 'crypt-server: --auto-rotate must be off or a period of at least 1h (3600, 24h, 30d)\n'],
-    [['config', 'billing', '--exportable', 'maybe'], 1, 'crypt-server: --exportable must be true or false\n'],
+    [['config', 'billing', '--auto-rotate', '5m'], 2, 'crypt-server: --auto-rotate must be off or a period of at least 1h (3600, 24h, 30d)\n'],
+    [['config', 'billing', '--exportable', 'maybe'], 2, 'crypt-server: --exportable must be true or false\n'],
     [['config', 'nosuch', '--exportable', 'true'], 1, 'crypt-server: no key named nosuch\n'],
     [['config'], 2, 'crypt-server: keys config needs a key name: see crypt-server keys list\n'],
   ];

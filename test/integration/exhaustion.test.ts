@@ -9,6 +9,23 @@ import { ReplyDecoder } from '../../src/wire/replies.js';
 
 const MiB = 1024 * 1024;
 
+
+/**
+ * Resolves once the budget's use meets a condition, checked once per turn of the event loop (the
+ * charges follow socket reads, which have no event of their own here); rejects after 10 s.
+ */
+function budgetReaches(budget: { used: number }, ok: (used: number) => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (ok(budget.used)) return resolve();
+      if (Date.now() > deadline) return reject(new Error(`the budget never reached ${what} within 10 s (used: ${budget.used})`));
+      setImmediate(check);
+    };
+    check();
+  });
+}
+
 t.test('TCP: connections pipelining large frames without reading stay within the memory budget', async (t) => {
   const budget = 8 * MiB;
   const { port, server } = await start(t, { memoryBudget: budget, maxFrame: MiB, frameTimeout: 0 });
@@ -87,10 +104,8 @@ t.test('HTTP: a caller without the role is refused before its body is read, and 
   const s = net.connect(port, '127.0.0.1');
   await once(s, 'connect');
   s.write(head('Authorization: Bearer user-token-0123456789abcdef\r\n') + 'a'.repeat(1000));
-  const charged = await new Promise<number>((resolve) => {
-    const check = () => (server.dispatcher.budget.used > 0 ? resolve(server.dispatcher.budget.used) : setImmediate(check));
-    check();
-  });
+  await budgetReaches(server.dispatcher.budget, (used) => used > 0, 'a charge for the body');
+  const charged = server.dispatcher.budget.used;
   t.ok(charged <= 3 * 64 * 1024, `a body that has sent 1,000 of 1,000,000 bytes is charged for what arrived (${charged} bytes), not for its Content-Length`);
   s.destroy();
 });
@@ -114,10 +129,7 @@ t.test('HTTP: a request alone is served whatever its size; one that cannot fit b
     s.write(`POST /encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n${'a'.repeat(sent)}`);
     return s;
   }));
-  await new Promise<void>((resolve) => {
-    const check = () => (server.dispatcher.budget.used >= 5_000_000 ? resolve() : setImmediate(check));
-    check();
-  });
+  await budgetReaches(server.dispatcher.budget, (used) => used >= 5_000_000, '5 MB charged to the two holders');
   t.ok(!server.dispatcher.budget.exhausted, 'the budget is not used up');
   const answer = await new Promise<string>((resolve) => {
     const s = net.connect(port, '127.0.0.1');
@@ -141,9 +153,6 @@ t.test('HTTP: a request alone is served whatever its size; one that cannot fit b
   t.match(answer, /^HTTP\/1\.1 503 /, 'a body whose declared length would not fit beside it: 503 before any of it is sent');
   for (const h of holders) h.destroy();
   await Promise.all(holders.map((h) => once(h, 'close')));
-  await new Promise<void>((resolve) => {
-    const check = () => (server.dispatcher.budget.used === 0 ? resolve() : setImmediate(check));
-    check();
-  });
-  t.pass('the holders\' charges are given back once they are gone');
+  await budgetReaches(server.dispatcher.budget, (used) => used === 0, 'the holders\' charges given back');
+  t.equal(server.dispatcher.budget.used, 0, 'the holders\' charges are given back once they are gone');
 });

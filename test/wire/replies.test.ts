@@ -38,6 +38,8 @@ t.test('reply encoding and decoding round trip in any split', async (t) => {
   }
   t.same(encodeResult(Buffer.from('ok')).map(String), ['ok', '\n'], 'a safe value goes bare');
   t.same(encodeResult(Buffer.from('#x')).map(String), ['#ok:2#', '#x', '#\n'], 'a value starting with # is length-framed');
+  t.same(encodeResult('gAAAAAB-token_', true), ['gAAAAAB-token_\n'], 'a value the caller knows is base64url goes bare unscanned');
+  t.same(encodeResult(Buffer.from('c2VjcmV0'), true).map(String), ['c2VjcmV0', '\n'], 'as bytes too');
 });
 
 t.test('a long bare reply in many chunks comes back whole', async (t) => {

@@ -39,7 +39,7 @@ export interface HostRules {
 }
 
 /** The host part of a Host header or URL authority, lower case, brackets kept for IPv6; null when malformed. */
-export function hostOf(authority: string): string | null {
+function hostOf(authority: string): string | null {
   const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/.exec(authority);
   return m ? m[1]!.toLowerCase() : null;
 }
@@ -52,7 +52,7 @@ function isLoopbackHost(host: string): boolean {
 }
 
 /** A check of Host values under the rules above. */
-export function hostChecker(rules: HostRules): (host: string) => boolean {
+function hostChecker(rules: HostRules): (host: string) => boolean {
   if (rules.allowedHosts.includes('*')) return () => true;
   const allowed = new Set(rules.allowedHosts.map((h) => h.toLowerCase()));
   const bind = rules.bind.toLowerCase();

@@ -16,7 +16,7 @@ const ACCEPTED = `${RAW_TYPES.join(', ')} or application/json`;
 export const errorBody = (e: CryptError): { code: string; message: string } => ({ code: e.code, message: e.message });
 
 /** Maps anything a route or Fastify throws onto the catalogue. */
-export function httpError(err: FastifyError, limit: number): CryptError {
+function httpError(err: FastifyError, limit: number): CryptError {
   if (err instanceof CryptError) return err;
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':

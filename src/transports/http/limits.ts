@@ -104,9 +104,9 @@ const busy = (): CryptError => new CryptError('busy', 'the server is busy: the p
  * written out and the socket's copy of that. V8 frees the strings among these only in its next
  * collections, so they are charged for the whole request, as if all held at once.
  */
-export const JSON_CHARGE = 8;
+const JSON_CHARGE = 8;
 /** What a raw body is charged per byte: the body, and the result, its line and the socket's copy. */
-export const RAW_CHARGE = 5;
+const RAW_CHARGE = 5;
 
 const chargeOf = (req: FastifyRequest): number => ((req.headers['content-type'] ?? '').startsWith('application/json') ? JSON_CHARGE : RAW_CHARGE);
 

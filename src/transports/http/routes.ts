@@ -19,6 +19,7 @@ import { CryptError } from '../../core/errors.js';
 import { LIVENESS, OPERATIONS } from '../../core/operations.js';
 import type { Operation, Payload, ResultKind, Results } from '../../core/operations.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
+import { KEY_NAME } from '../../keys/keyring.js';
 import { VERSION } from '../../core/version.js';
 import { errorBody } from './errors.js';
 import { INPUT_FIELDS, routeSchema } from './schemas.js';
@@ -40,7 +41,7 @@ const quoted = (name: string): string => (/^[A-Za-z0-9_.-]{1,40}$/.test(name) ? 
 const list = (names: readonly string[]): string => names.map((n) => `"${n}"`).join(' or ');
 
 /** Standard or URL-safe base64, padded or not; null when it is neither. */
-export function decodeBase64(text: string): Buffer | null {
+function decodeBase64(text: string): Buffer | null {
   const m = /^([A-Za-z0-9+/_-]*)(={0,2})$/.exec(text);
   if (!m) return null;
   const data = m[1]!;
@@ -135,8 +136,8 @@ function sendRaw(op: Operation, result: Results[ResultKind], req: FastifyRequest
 export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(async (app: FastifyInstance, { dispatcher, maxBatch }) => {
   const run = (op: Operation, req: FastifyRequest, input: Payload, options: unknown) => dispatcher.dispatch(op, req.caller, input, options, String(req.id));
 
+  // the role was checked by the route's hook (auth.ts) before the body was read; each item is dispatched, and checked, on its own
   async function batch(op: Operation, req: FastifyRequest, body: Record<string, unknown>, query: Record<string, unknown>) {
-    dispatcher.authorize(op, req.caller);
     const items = body.batch;
     if (!Array.isArray(items)) throw new CryptError('bad_request', '"batch" must be an array');
     if (items.length > maxBatch) throw new CryptError('too_large', `batch of ${items.length} items exceeds the limit of ${maxBatch} (--max-batch)`);
@@ -181,7 +182,8 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
           const fields = op.input === 'none' && body && typeof body === 'object' && !Buffer.isBuffer(body) ? itemOf(op, body, {}).options : null;
           // the key named in the path is the key: a body may repeat it, never change it
           if (fields && params.key !== undefined && (fields as { key?: unknown }).key !== undefined && (fields as { key?: unknown }).key !== params.key) {
-            throw new CryptError('bad_request', `the path names the key ${String(params.key)}; a "key" in the body must be the same or left out`);
+            const named = typeof params.key === 'string' && KEY_NAME.test(params.key) ? `the key ${params.key}` : 'a key';
+            throw new CryptError('bad_request', `the path names ${named}; a "key" in the body must be the same or left out`);
           }
           const options = fields ? { ...query, ...fields } : query;
           const result = await run(op, req, Buffer.isBuffer(body) ? body : EMPTY, options);

@@ -254,7 +254,7 @@ export class Connection {
       return;
     }
     if (!(result instanceof Promise)) {
-      this.#reply(encodeResult(render(op, result)));
+      this.#reply(encodeResult(render(op, result), BASE64URL.has(op.result)));
       return;
     }
     const slot: Slot = { chunks: null };
@@ -265,7 +265,7 @@ export class Connection {
       this.#slotBytes += sizeOf(chunks);
     };
     result.then(
-      (value) => settle(encodeResult(render(op, value))),
+      (value) => settle(encodeResult(render(op, value), BASE64URL.has(op.result))),
       (err: unknown) => settle(this.#errorChunks(err)),
     ).finally(() => {
       if (op.barrier) this.#barrier = false;
@@ -405,6 +405,9 @@ export class Connection {
 }
 
 /** A result as the bytes of a TCP reply. */
+/** Results that are base64url (tokens, keys): never a CR, LF or '#', so sent bare without a scan. */
+const BASE64URL: ReadonlySet<ResultKind> = new Set<ResultKind>(['token', 'key']);
+
 function render(op: Operation, result: Results[ResultKind]): string | Buffer {
   switch (op.result) {
     case 'token': {
