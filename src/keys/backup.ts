@@ -8,7 +8,7 @@
  *   settings, and every version with its id); nothing half-valid is ever restored.
  */
 import { CryptError } from '../core/errors.js';
-import { FileError, readSecret, writeAtomic } from './files.js';
+import { FileError, checkDirectory, readSecret, writeAtomic } from './files.js';
 import { KeySet } from './keyring.js';
 
 const FORMAT = 'crypt-key-backup/1';
@@ -16,9 +16,12 @@ const FORMAT = 'crypt-key-backup/1';
 /** Writes every version of an exportable key to a new file. */
 export async function writeBackup(set: KeySet, file: string): Promise<void> {
   if (!set.settings.exportable) throw new CryptError('forbidden', `key ${set.name} is not exportable, so it can't be backed up: allow it first with crypt-server keys config ${set.name} --exportable true`);
+  // as a restore will check it: a backup never written where it can't be read back
   try {
+    await checkDirectory(file, 'backup');
     await writeAtomic(file, JSON.stringify({ format: FORMAT, key: set.toJson() }, null, 2) + '\n', null, true);
   } catch (err) {
+    if (err instanceof FileError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') throw new FileError(`${file} exists already: give a new file, a backup never replaces one`);
     throw new FileError(`cannot write ${file} (${code ?? 'error'})`);
@@ -27,7 +30,7 @@ export async function writeBackup(set: KeySet, file: string): Promise<void> {
 
 /** Reads and validates a backup. */
 export async function readBackup(file: string): Promise<KeySet> {
-  const bytes = await readSecret(file, 'backup', 16 * 1024 * 1024);
+  const bytes = await readSecret(file, 'backup');
   if (bytes === null) throw new FileError(`backup ${file} does not exist`);
   let doc: { format?: unknown; key?: unknown };
   try {

@@ -25,7 +25,7 @@ import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { FernetKey, deriveKey } from '../crypto/fernet.js';
 import { CryptError } from '../core/errors.js';
-import { FileError, MAX_SECRET_FILE, Serial, writeAtomic } from './files.js';
+import { FileError, MAX_SECRET_FILE, Serial, checkDirectory, writeAtomic } from './files.js';
 import { FileStore, ListStore } from './store.js';
 import type { KeyStore, Stored } from './store.js';
 
@@ -510,6 +510,8 @@ export class Keyring extends EventEmitter {
     if (existing) return { keyring: new Keyring(store, existing.book, existing.version, options.derivedCapacity), created: false };
     if (!options.create) throw new FileError(`keyring ${store.where} does not exist: create it with crypt-server keys init (or start with --init)`);
     await fs.mkdir(dirname(store.where), { recursive: true, mode: 0o700 });
+    // the directories are checked as every later read checks them: a keyring never made where it can't be read back
+    await checkDirectory(store.where, 'keyring');
     const book = KeyBook.generate();
     const version = await store.save(book.serialize(), null);
     if (version !== null) return { keyring: new Keyring(store, book, version, options.derivedCapacity), created: true };

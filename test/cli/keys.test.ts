@@ -303,3 +303,20 @@ t.test('crypt-client --key and --context end to end; kc, ks, kf, kd; a session w
   t.same([deleted.code, JSON.parse(deleted.out) as unknown], [0, { deleted: 'users' }], 'kd users --yes deletes it');
   t.match(await client(['ks', 'users']), { code: 1, err: 'crypt-client: unknown_key: no key named users\n' }, 'then ks users: unknown_key');
 });
+
+t.test('a keyring or a backup is never written where it could not be read back', async (t) => {
+  const { keys, dir } = await keyring(t);
+  await keys('create', 'archive', '--exportable');
+  const loose = join(tempDir(t), 'loose');
+  await fs.mkdir(loose);
+  await fs.chmod(loose, 0o777);
+  const backup = await keys('backup', 'archive', '-o', join(loose, 'archive.backup'));
+  t.equal(backup.code, 1, 'a backup into a directory others may write: exit 1');
+  t.match(backup.err, /has mode 0777, writable by group or others, who could replace the file: run chmod go-w/, 'with the fix');
+  t.same(await fs.readdir(loose), [], 'and nothing written');
+  const io = memoryIo({ env: {}, cwd: dir });
+  const init = await serverRun(['keys', 'init', '--keyring', join(loose, 'keyring.json')], io);
+  t.equal(init, 1, 'keys init there: exit 1');
+  t.match(io.err(), /the directory .*loose above keyring .* has mode 0777/, 'for the same reason');
+  t.same(await fs.readdir(loose), [], 'and no keyring made');
+});
