@@ -41,8 +41,8 @@ const MAX_STDIN = 192 * 1024 * 1024;
 const PROGRAM = 'crypt-client';
 /** The operations a client runs as commands: all but `au`, which the connection does itself. */
 const COMMANDS: readonly Operation[] = OPERATIONS.filter((o) => o.input !== 'secret');
-const ALIASES: ReadonlyMap<string, string> = new Map([['inspect', 'in']]);
-const NAMES = COMMANDS.map((o) => (o.command === 'in' ? 'in (inspect)' : o.command)).join(', ');
+const ALIASES: ReadonlyMap<string, string> = new Map([['inspect', 'in'], ['audit-hash', 'ah']]);
+const NAMES = COMMANDS.map((o) => o.command + ([...ALIASES].find(([, c]) => c === o.command)?.[0] ? ` (${[...ALIASES].find(([, c]) => c === o.command)![0]})` : '')).join(', ');
 
 /** The command a word names (or an alias of one), or undefined. */
 function commandOf(word: string): Operation | undefined {
@@ -82,7 +82,7 @@ function parser() {
     .parserConfiguration({ 'parse-numbers': false, 'parse-positional-numbers': false });
   for (const o of COMMANDS) {
     y = y.command(`${o.command}${positional(o)}`, o.summary);
-    if (o.command === 'in') y = y.command(`inspect${positional(o)}`, false);
+    for (const [alias, command] of ALIASES) if (command === o.command) y = y.command(`${alias}${positional(o)}`, false);
   }
   return y
     .options(flagOptions(CLIENT))

@@ -11,12 +11,17 @@ import { once } from 'node:events';
 import { ConfigError, SERVER, readDotenv, serverConfig } from '../ops/config.js';
 import type { ServerConfig } from '../ops/config.js';
 import { createLogger } from '../ops/log.js';
-import { openKeyring, startServer } from '../ops/startup.js';
+import { openAudit, openKeyring, startServer } from '../ops/startup.js';
+import type { AuditLog } from '../core/audit.js';
+import { newCaller } from '../core/access.js';
+import { userInfo } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import { LEAD, isWorker, runPrimary, workerDone, workerReady } from '../ops/cluster.js';
 import { CryptError } from '../core/errors.js';
 import { FileError } from '../keys/files.js';
 import { readBackup, writeBackup } from '../keys/backup.js';
-import { DEFAULT_KEY } from '../keys/keyring.js';
+import { DEFAULT_KEY, KEY_NAME } from '../keys/keyring.js';
+import type { Keyring } from '../keys/keyring.js';
 import { CryptService } from '../core/service.js';
 import { optionValue } from '../core/dispatcher.js';
 import { VERSION } from '../core/version.js';
@@ -100,7 +105,12 @@ async function serve(config: ServerConfig, io: Io, signals: NodeJS.EventEmitter)
     return EXIT.failed;
   }
   if (isWorker()) workerReady(signals);
+  // logrotate: the audit file is reopened at its path (without an audit log, SIGHUP stops the server as before)
+  const audit = server.audit;
+  const reopen = () => void audit?.reopen();
+  if (audit) signals.on('SIGHUP', reopen);
   const [signal] = await stop;
+  signals.off('SIGHUP', reopen);
   listening.abort();
   (quiet ? log.debug : log.info).call(log, { signal: signal ?? 'signal' }, 'signal received');
   await server.close();
@@ -155,20 +165,83 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
     complain(io, PROGRAM, (err as Error).message);
     return EXIT.usage;
   }
+  // with --audit-file, every action is recorded (transport cli); the log is opened before anything changes
+  let audit: AuditLog | null = null;
+  const began = performance.now();
+  const line = { key: null as string | null, keyId: null as string | null };
+  const record = async (outcome: string): Promise<boolean> => {
+    if (!audit) return true;
+    const mark = audit.failures;
+    const caller = newCaller('cli', undefined);
+    caller.peer = 'local';
+    audit.add({ requestId: `cli-${process.pid}`, caller, callerId: `user:${cliUser()}`, op: KEY_OPS.get(action)!, key: line.key, keyId: line.keyId, outcome, bytesIn: 0, bytesOut: 0, durationMs: Math.round((performance.now() - began) * 1000) / 1000, tokenIn: null, tokenOut: null, plaintext: null });
+    await audit.close();
+    return audit.failures === mark;
+  };
   try {
     if (action === 'init') {
       if (config.fernetKeys !== undefined) throw new FileError('keys come from FERNET_KEYS: there is no keyring file to create');
       const { keyring, created } = await openKeyring({ ...config, init: true, keyringDefault: false });
       if (!created) throw new FileError(`keyring ${keyring.file} exists already; nothing was changed`);
       io.stdout.write(`created ${keyring.file} with the key default (${keyring.current.primary.id}): back it up, it holds every key\n`);
+      if (config.auditFile) {
+        audit = await openAudit(config, keyring.file, createLogger('silent', io.stderr), false);
+        line.key = DEFAULT_KEY;
+        line.keyId = keyring.current.primary.id;
+        if (!(await record('ok'))) throw new FileError(`the keyring was created, but its audit line could not be written to ${config.auditFile}`);
+      }
       return EXIT.ok;
     }
     const { keyring } = await openKeyring({ ...config, init: false, keyringDefault: false }).catch((err: unknown) => {
       if (err instanceof FileError && /does not exist/.test(err.message)) throw new FileError(`no keyring at ${config.keyring}: create one with ${PROGRAM} keys init (or start the server with --init)`);
       throw err;
     });
+    if (config.auditFile) audit = await openAudit(config, keyring.file, createLogger('silent', io.stderr), false);
+    const code = await keyAction(action, arg, args, settings, keyring, config, io, line).catch(async (err: unknown) => {
+      if (err instanceof FileError || err instanceof CryptError) await record(err instanceof CryptError ? err.code : 'unavailable');
+      throw err;
+    });
+    if (!(await record('ok'))) throw new FileError(`${READS.has(action) ? 'done' : 'the change was made'}, but its audit line could not be written to ${config.auditFile}`);
+    return code;
+  } catch (err) {
+    if (!(err instanceof FileError || err instanceof CryptError)) throw err;
+    complain(io, PROGRAM, err.message);
+    return EXIT.failed;
+  }
+}
+
+/** The audit log's op of each action: the TCP command where there is one. */
+const KEY_OPS = new Map<KeyAction, string>([
+  ['init', 'keys-init'], ['list', 'ki'], ['show', 'ks'], ['create', 'kc'], ['config', 'kf'], ['rotate', 'rk'],
+  ['retire', 'keys-retire'], ['activate', 'keys-activate'], ['delete', 'kd'], ['backup', 'keys-backup'], ['restore', 'keys-restore'],
+]);
+const READS: ReadonlySet<KeyAction> = new Set(['list', 'show', 'backup']);
+
+/** The user running the command, for the audit log (characters a line may hold). */
+function cliUser(): string {
+  try {
+    return userInfo().username.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64) || `uid${process.getuid?.() ?? ''}`;
+  } catch {
+    return `uid${process.getuid?.() ?? ''}`;
+  }
+}
+
+/** Runs one keys action on an open keyring; `line` gets the key and version it touched. */
+async function keyAction(
+  action: KeyAction,
+  arg: string | undefined,
+  args: Record<string, unknown>,
+  settings: { exportable?: boolean; deletionAllowed?: boolean; autoRotate?: number | null },
+  keyring: Keyring,
+  config: ServerConfig,
+  io: Io,
+  line: { key: string | null; keyId: string | null },
+): Promise<number> {
+  // argv words reach the audit line only as checked key names
+  const named = (word: string | undefined): string | null => (word !== undefined && KEY_NAME.test(word) ? word : null);
+  {
     const service = new CryptService(keyring, { maxKeys: config.maxKeys });
-    const say = (line: string): void => void io.stdout.write(line + '\n');
+    const say = (text: string): void => void io.stdout.write(text + '\n');
     switch (action) {
       case 'list': {
         const listing = service.keyInfo(undefined);
@@ -179,6 +252,7 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
         break;
       }
       case 'show': {
+        line.key = named(arg);
         const k = service.showKey(arg!);
         if (args.json) return say(JSON.stringify(k)), EXIT.ok;
         say(`key ${k.name}: ${k.derived ? 'derived' : 'not derived'}, ${k.exportable ? 'exportable' : 'not exportable'}, deletion ${k.deletion_allowed ? 'allowed' : 'not allowed'}, automatic rotation ${period(k.auto_rotate)}`);
@@ -186,34 +260,43 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
         break;
       }
       case 'create': {
+        line.key = named(arg);
         const k = await service.createKey(arg!, { derived: Boolean(args.derived), exportable: settings.exportable ?? false });
+        line.keyId = k.primary;
         say(`created: ${k.name}${k.derived ? ' (derived: requests bring a context)' : ''}${k.exportable ? ', exportable' : ''}, primary version ${k.primary}`);
         break;
       }
       case 'config': {
+        line.key = named(arg);
         const k = await service.configureKey(arg!, settings);
         say(`configured: ${k.name}: ${k.exportable ? 'exportable' : 'not exportable'}, deletion ${k.deletion_allowed ? 'allowed' : 'not allowed'}, automatic rotation ${period(k.auto_rotate)}`);
         break;
       }
       case 'rotate': {
+        line.key = named(arg ?? DEFAULT_KEY);
         const v = await service.rotate(arg);
+        line.keyId = v.id;
         say(`rotated ${arg ?? 'default'}: ${v.id} is the new primary version`);
         break;
       }
       case 'retire':
       case 'activate': {
         const owner = keyring.book.keyOf(arg!);
+        line.keyId = /^[0-9a-f]{1,64}$/.test(arg!) ? arg! : null;
+        line.key = owner?.name ?? null;
         if (!owner) throw new CryptError('not_found', `no key version with id ${arg}: see ${PROGRAM} keys list`);
         await keyring.update((s) => s.withState(arg!, action === 'retire' ? 'retired' : 'active'), owner.name);
         say(`${action === 'retire' ? 'retired' : 'activated'}: ${arg} (key ${owner.name})`);
         break;
       }
       case 'delete': {
+        line.key = named(arg);
         const gone = await service.deleteKey(arg!, Boolean(args.yes));
         say(`deleted: ${gone.deleted}`);
         break;
       }
       case 'backup': {
+        line.key = named(arg);
         const set = keyring.book.key(arg!);
         await writeBackup(set, String(args.output));
         say(`backed up ${set.name} (${set.info().length} versions) to ${String(args.output)}: keep it as private as the keyring`);
@@ -229,14 +312,12 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
           return b.with(set);
         });
         say(`restored: ${set.name} (${set.info().length} versions)`);
+        line.key = set.name;
+        line.keyId = set.details().primary;
         break;
       }
     }
     return EXIT.ok;
-  } catch (err) {
-    if (!(err instanceof FileError || err instanceof CryptError)) throw err;
-    complain(io, PROGRAM, err.message);
-    return EXIT.failed;
   }
 }
 

@@ -11,6 +11,8 @@
  * - A result is returned as is when the operation was synchronous: no promise on the hot path.
  * - A record never holds data: no payload, plaintext, token, key or secret. Observers must not
  *   throw; the dispatcher does not wait for them.
+ * - With an audit log, each operation (but hc) queues its line here; the transport commits the
+ *   log before it releases answers and refuses those whose line may be lost (src/core/audit.ts).
  * - renderError turns anything thrown into a catalogue error and logs each `internal` and
  *   `unavailable` exactly once, with its cause, at error level.
  */
@@ -28,6 +30,8 @@ import type { CryptoPool } from './pool.js';
 import { MemoryBudget } from './budget.js';
 import { tokenLength } from '../crypto/fernet.js';
 import { FileError } from '../keys/files.js';
+import { AUDIT_FAILURE } from './audit.js';
+import type { AuditLog } from './audit.js';
 
 /** What the dispatcher reports of each request: never data. */
 export interface DispatchRecord {
@@ -64,6 +68,8 @@ export interface DispatcherOptions {
   limitedPerMinute?: number;
   /** The payload bytes the whole server may hold (src/core/budget.ts); unlimited when absent. */
   budget?: MemoryBudget;
+  /** The audit log: every operation's answer waits for its line (src/core/audit.ts). */
+  audit?: AuditLog | null;
 }
 
 /** The largest payload of an operation that takes no message or token. */
@@ -83,6 +89,8 @@ export class Dispatcher {
   readonly log: Logger;
   /** The memory budget every transport charges what it holds to. */
   readonly budget: MemoryBudget;
+  /** The audit log, when there is one. */
+  readonly audit: AuditLog | null;
   readonly #pool: CryptoPool | null;
   readonly #observers: Observer[] = [];
   readonly #logged = new WeakSet<Error>();
@@ -101,6 +109,9 @@ export class Dispatcher {
     this.log = options.log;
     this.#limitedPerMinute = options.limitedPerMinute ?? 0;
     this.budget = options.budget ?? new MemoryBudget(Number.MAX_SAFE_INTEGER);
+    this.audit = options.audit ?? null;
+    // refusals for want of an audit line are logged by the audit log, once per failure
+    this.#logged.add(AUDIT_FAILURE);
     if (this.log.isLevelEnabled('debug')) {
       this.observe((r) => this.log.debug({ requestId: r.requestId, transport: r.transport, peer: r.peer, caller: r.caller, op: r.op, keyName: r.key, keyId: r.keyId, outcome: r.outcome, bytesIn: r.bytesIn, bytesOut: r.bytesOut, ms: r.durationMs }, 'request'));
     }
@@ -117,24 +128,38 @@ export class Dispatcher {
     return op ? this.#limit(op) : SMALL;
   }
 
-  /** Throws unless the caller may run the operation: HTTP checks it before reading a body (dispatch checks again). */
-  authorize(op: Operation, caller: Caller): void {
-    this.policy.authorize(op, caller);
+  /** Throws unless the caller may run the operation: HTTP checks it before reading a body (dispatch checks again); a refusal is audited. */
+  authorize(op: Operation, caller: Caller, requestId?: string): void {
+    try {
+      this.policy.authorize(op, caller);
+    } catch (err) {
+      const e = this.renderError(err, caller, op.command, requestId);
+      if (this.audit !== null && op.audited !== false) this.#refused(this.audit, op.command, caller, requestId ?? this.#nextId(), e.code);
+      throw e;
+    }
   }
 
-  /** Authenticates a caller with a secret presented beside a request (HTTP's Authorization header). */
-  authenticate(caller: Caller, secret: Payload): Role {
+  /** Authenticates a caller with a secret presented beside a request (HTTP's Authorization header); a failure is audited as `au`. */
+  authenticate(caller: Caller, secret: Payload, requestId?: string): Role {
     try {
       return this.policy.authenticate(caller, secret);
     } catch (err) {
-      throw this.renderError(err, caller, 'au');
+      const e = this.renderError(err, caller, 'au', requestId);
+      if (this.audit !== null) this.#refused(this.audit, 'au', caller, requestId ?? this.#nextId(), e.code);
+      throw e;
     }
+  }
+
+  /** The line of a request refused before its body was read: no key, no sizes. */
+  #refused(audit: AuditLog, op: string, caller: Caller, id: string, outcome: string): void {
+    audit.add({ requestId: id, caller, op, key: null, keyId: null, outcome, bytesIn: 0, bytesOut: 0, durationMs: 0, tokenIn: null, tokenOut: null, plaintext: null });
   }
 
   /** Runs one request; see the rules at the top of this file. */
   dispatch<K extends ResultKind>(op: Operation<K>, caller: Caller, input: Payload, options: unknown, requestId?: string): Results[K] | Promise<Results[K]> {
     const observed = this.#observers.length > 0;
-    const start = observed ? performance.now() : 0;
+    const audit = op.audited === false ? null : this.audit;
+    const start = observed || audit !== null ? performance.now() : 0;
     let result: Results[K] | Promise<Results[K]>;
     let checked: Options = EMPTY;
     try {
@@ -145,6 +170,9 @@ export class Dispatcher {
       if (options !== null && options !== undefined) checked = this.#checkOptions(op, options);
       else if (NEEDS_OPTIONS.has(op)) checked = this.#check(op, []);
       if (op.keyed) this.policy.authorizeKey(caller, checked.key ?? DEFAULT_KEY);
+      if (audit !== null && audit.failing !== null && op.barrier && op.command !== 'au') {
+        throw new CryptError('unavailable', `${op.command} refused: ${audit.failing}; key changes wait until it can record them`, { cause: AUDIT_FAILURE });
+      }
       if (op.limited) this.#countLimited(op);
       if (input.length > 0 && this.budget.exhausted && (op.input === 'message' || op.input === 'token')) {
         throw new CryptError('busy', 'the server is busy: the payload bytes it may hold (--memory-budget) are in use; retry shortly');
@@ -153,32 +181,61 @@ export class Dispatcher {
         const keys = this.service.resolve(checked.key, checked.context ?? null);
         result = this.#pool && input.length >= OFFLOAD_BYTES ? this.#offload(op, keys, input, checked) : op.data(keys, input, checked);
       } else {
-        result = op.run!({ service: this.service, policy: this.policy, caller }, input, checked);
+        result = op.run!({ service: this.service, policy: this.policy, caller, audit: this.audit }, input, checked);
       }
     } catch (err) {
       // a request id is made only when something is logged or observed (TCP requests bring none)
       const id = requestId ?? this.#nextId();
       const e = this.renderError(err, caller, op.command, id);
       if (observed) this.#report(id, op, caller, checked, input.length, start, e.code, null);
+      if (audit !== null) this.#record(audit, id, op, caller, checked, input, start, e.code, null);
       throw e;
     }
     if (!(result instanceof Promise)) {
-      if (observed) this.#report(requestId ?? this.#nextId(), op, caller, checked, input.length, start, 'ok', result);
+      if (observed || audit !== null) {
+        const id = requestId ?? this.#nextId();
+        if (observed) this.#report(id, op, caller, checked, input.length, start, 'ok', result);
+        if (audit !== null) this.#record(audit, id, op, caller, checked, input, start, 'ok', result);
+      }
       return result;
     }
-    const size = input.length;
+    const sent = input;
     return result.then(
       (value) => {
-        if (this.#observers.length > 0) this.#report(requestId ?? this.#nextId(), op, caller, checked, size, start, 'ok', value);
+        if (this.#observers.length === 0 && audit === null) return value;
+        const id = requestId ?? this.#nextId();
+        if (this.#observers.length > 0) this.#report(id, op, caller, checked, sent.length, start, 'ok', value);
+        if (audit !== null) this.#record(audit, id, op, caller, checked, sent, start, 'ok', value);
         return value;
       },
       (err: unknown) => {
         const id = requestId ?? this.#nextId();
         const e = this.renderError(err, caller, op.command, id);
-        if (this.#observers.length > 0) this.#report(id, op, caller, checked, size, start, e.code, null);
+        if (this.#observers.length > 0) this.#report(id, op, caller, checked, sent.length, start, e.code, null);
+        if (audit !== null) this.#record(audit, id, op, caller, checked, sent, start, e.code, null);
         throw e;
       },
     );
+  }
+
+  /** Queues an operation's audit line. */
+  #record(audit: AuditLog, id: string, op: Operation, caller: Caller, options: Options, input: Payload, start: number, outcome: string, result: unknown): void {
+    const { keyId, bytesOut } = measure(op.result, result);
+    const r = result as { token?: Payload; plaintext?: Payload } | null;
+    audit.add({
+      requestId: id,
+      caller,
+      op: op.command,
+      key: op.keyed ? options.key ?? DEFAULT_KEY : null,
+      keyId,
+      outcome,
+      bytesIn: input.length,
+      bytesOut,
+      durationMs: Math.round((performance.now() - start) * 1000) / 1000,
+      tokenIn: op.input === 'token' && op.auditValue !== false ? input : null,
+      tokenOut: op.result === 'token' && r !== null ? r.token ?? null : null,
+      plaintext: op.input === 'message' && op.auditValue !== false ? input : op.result === 'plaintext' && r !== null ? r.plaintext ?? null : null,
+    });
   }
 
   #nextId(): string {

@@ -18,6 +18,8 @@ import type { CryptService, Decrypted, Encrypted, ExportedKey } from './service.
 import { decryptWith, encryptWith, rewrapWith } from './service.js';
 import type { ResolvedKey } from '../keys/keyring.js';
 import type { Readiness } from './health.js';
+import type { AuditLog } from './audit.js';
+import { CryptError } from './errors.js';
 
 /** What a request carries: a message, a token, an access secret, or nothing. */
 export type InputKind = 'message' | 'token' | 'secret' | 'none';
@@ -93,6 +95,10 @@ export interface Operation<K extends ResultKind = ResultKind> {
   resultSchema?: object;
   /** The HTTP status of a result, when not always 200 (hc: 503 when not ready); crypt-client exits 1 at 400 or more. */
   status?: (result: unknown) => number;
+  /** false: no audit line (hc: load balancers ask every few seconds). */
+  audited?: false;
+  /** false: the input is not a token or plaintext of the caller's, and no HMAC of it is recorded (ah). */
+  auditValue?: false;
   /** A data operation: pure over the request's keys, may run on a worker thread. */
   data?: (keys: ResolvedKey, input: Payload, options: Options) => Results[K];
   /** An operation of the main thread. */
@@ -107,6 +113,7 @@ export interface Context {
   service: CryptService;
   policy: Policy;
   caller: Caller;
+  audit: AuditLog | null;
 }
 
 const option = (kind: OptionSpec['kind'], field: keyof Options, describe: string, required = false): OptionSpec => ({ kind, field, describe, required });
@@ -253,9 +260,19 @@ export const OPERATIONS: readonly Operation[] = [
   op({
     command: 'hc', title: 'health', summary: "readiness: ready or not_ready, each check (the keyring loaded and current, the listeners up), and the keyring's fingerprint and primary version; HTTP answers 503 when not ready",
     http: { method: 'GET', path: '/ready', example: 'curl http://{host}/ready' },
-    roles: null, input: 'none', result: 'json', resultSchema: READINESS,
+    roles: null, input: 'none', result: 'json', resultSchema: READINESS, audited: false,
     status: (r) => ((r as Readiness).status === 'ready' ? 200 : 503),
     run: (ctx) => ctx.service.health.ready(),
+  }),
+  op({
+    command: 'ah', title: 'audit hash', summary: 'the HMAC the audit log records for a value (a token, or a plaintext with --audit-hmac-plaintext), and the caller id it gives an access token: to search the log',
+    http: { method: 'POST', path: '/audit/hash', example: 'curl --data-binary @token.txt http://{host}/audit/hash' },
+    roles: [], input: 'token', result: 'json', auditValue: false,
+    resultSchema: { type: 'object', properties: { hmac: { type: 'string', description: 'the token_hmac (or plaintext_hmac) of lines about this value' }, caller: { type: 'string', description: 'the caller of lines made with this value as an access token' } } },
+    run: (ctx, input) => {
+      if (!ctx.audit) throw new CryptError('conflict', 'the audit log is off: start the server with --audit-file');
+      return { hmac: ctx.audit.hash(input), caller: ctx.audit.callerIdOfSecret(input) };
+    },
   }),
   op({
     command: 'au', title: 'authenticate', summary: 'authenticate the connection with an access token (HTTP: the Authorization header)',

@@ -112,10 +112,19 @@ export async function runPrimary(config: ServerConfig, log: Logger, signals: Nod
     });
   });
 
+  // logrotate signals the primary: each worker reopens the audit file
+  const hangup = () => {
+    for (const w of Object.values(cluster.workers ?? {})) if (w && !w.isDead()) w.process.kill('SIGHUP');
+  };
+  if (config.auditFile) signals.on('SIGHUP', hangup);
   const signalled = Promise.race([once(signals, 'SIGINT'), once(signals, 'SIGTERM')]).then(([signal]) => signal as string | undefined);
   const outcome = await Promise.race([gaveUp.then((code) => ({ code })), signalled.then((signal) => ({ signal }))]);
-  if ('code' in outcome) return outcome.code;
+  if ('code' in outcome) {
+    signals.off('SIGHUP', hangup);
+    return outcome.code;
+  }
   for (const t of pending) clearTimeout(t);
+  signals.off('SIGHUP', hangup);
   log.info({ signal: outcome.signal ?? 'signal' }, 'signal received; stopping workers');
   await stopAll(SHUTDOWN);
   log.info('stopped');

@@ -73,6 +73,9 @@ export const SERVER: readonly Setting[] = [
   { key: 'authFailures', flag: 'max-auth-failures', env: 'CRYPT_MAX_AUTH_FAILURES', kind: 'count', default: 30, describe: 'failed authentications per address per minute, TCP and HTTP together, before its attempts are refused (0: no limit)' },
   { key: 'rotateLimit', flag: 'rotate-limit', env: 'CRYPT_ROTATE_LIMIT', kind: 'count', default: 10, describe: 'rotations per minute through rk and POST /keys/rotate (0: no limit)' },
   { key: 'workers', flag: 'workers', env: 'CRYPT_WORKERS', kind: 'count', default: 1, min: 1, describe: 'server processes sharing the ports' },
+  { key: 'auditFile', flag: 'audit-file', env: 'CRYPT_AUDIT_FILE', kind: 'path', default: null, describe: 'audit log: a JSON line per operation, appended (- for standard output); operations are refused when their line cannot be written' },
+  { key: 'auditHmacPlaintext', flag: 'audit-hmac-plaintext', env: 'CRYPT_AUDIT_HMAC_PLAINTEXT', kind: 'boolean', default: false, describe: 'the audit log also records an HMAC of each plaintext that goes in or comes out' },
+  { key: 'auditSaltFile', flag: 'audit-salt-file', env: 'CRYPT_AUDIT_SALT_FILE', kind: 'path', default: null, describe: "the audit log's HMAC key, made on first use (default: audit.salt beside the keyring)" },
 ];
 
 /** The client's settings. */
@@ -209,6 +212,9 @@ export interface ServerConfig {
   authFailures: number;
   rotateLimit: number;
   workers: number;
+  auditFile: string | undefined;
+  auditHmacPlaintext: boolean;
+  auditSaltFile: string | undefined;
 }
 
 /** The resolved client configuration. */
@@ -240,6 +246,12 @@ export function serverConfig(sources: Sources): ServerConfig {
     throw new ConfigError(`--memory-budget (${config.memoryBudget}) must be at least 8 times --max-frame (${config.maxFrame}): a request in flight is held about four times over (a JSON body of a largest message, charged three times)`);
   }
   config.allowedHosts ??= [];
+  if (config.auditFile === undefined && (config.auditHmacPlaintext || config.auditSaltFile !== undefined)) {
+    throw new ConfigError(`${config.auditHmacPlaintext ? '--audit-hmac-plaintext' : '--audit-salt-file'} needs --audit-file`);
+  }
+  if (config.auditFile !== undefined && config.auditSaltFile === undefined && config.fernetKeys !== undefined) {
+    throw new ConfigError('--audit-file with FERNET_KEYS needs --audit-salt-file: there is no keyring directory to keep the salt in');
+  }
   config.keyringDefault = !given(SERVER, 'keyring', sources);
   // --http-port alone means: serve HTTP there
   if (given(SERVER, 'httpPort', sources) && !given(SERVER, 'http', sources)) config.http = true;

@@ -13,7 +13,7 @@
  */
 import { promises as fs, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { Keyring } from '../keys/keyring.js';
@@ -25,6 +25,7 @@ import { CryptService } from '../core/service.js';
 import { Dispatcher } from '../core/dispatcher.js';
 import { CryptoPool, defaultThreads } from '../core/pool.js';
 import { MemoryBudget } from '../core/budget.js';
+import { AuditLog, loadSalt } from '../core/audit.js';
 import { TcpServer } from '../transports/tcp/server.js';
 import type { TcpOptions } from '../transports/tcp/server.js';
 import type { HttpServer } from '../transports/http/app.js';
@@ -50,6 +51,8 @@ export interface RunningServer {
   keyring: Keyring;
   service: CryptService;
   dispatcher: Dispatcher;
+  /** The audit log (--audit-file), or null. */
+  audit: AuditLog | null;
   tcp: TcpServer;
   http: HttpServer | null;
   /** Stops accepting, answers what was received, closes everything. */
@@ -151,6 +154,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     info({ configured: config.maxConnections, limit: maxConnections, openFiles: limit }, 'max-connections lowered to fit the open-file limit (raise it with ulimit -n or LimitNOFILE=)');
   }
 
+  const audit = config.auditFile ? await openAudit(config, keyring.file, log) : null;
   const pool = new CryptoPool(defaultThreads(config.workers));
   const service = new CryptService(keyring, { maxKeys: config.maxKeys });
   const throttle = new AuthThrottle({ perConnection: 3, perPeer: config.authFailures, windowMs: 60_000 }, (r) =>
@@ -158,7 +162,8 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
   );
   const policy = new Policy(tokens, config.getKey, throttle);
   const budget = new MemoryBudget(config.memoryBudget);
-  const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, pool, log, limitedPerMinute: config.rotateLimit, budget });
+  const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, pool, log, limitedPerMinute: config.rotateLimit, budget, audit });
+  if (audit) service.health.add('audit', () => (audit.failing === null ? null : 'the audit log cannot be written: operations are refused until it can; the server log says why'));
 
   const limits = {
     host: config.host,
@@ -174,6 +179,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     tcp = await TcpServer.listen(dispatcher, tcpOptions, log);
   } catch (err) {
     await pool.close();
+    await audit?.close();
     throw listenError(err, config.host, config.port, '--port');
   }
   const where = [`tcp${tls ? '+tls' : ''} ${config.host}:${tcp.address.port}`];
@@ -188,6 +194,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     } catch (err) {
       await tcp.close();
       await pool.close();
+      await audit?.close();
       throw listenError(err, config.host, config.httpPort, '--http-port');
     }
     where.push(`${tls ? 'https' : 'http'} ${config.host}:${http.address.port}`);
@@ -241,6 +248,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     keyring,
     service,
     dispatcher,
+    audit,
     tcp,
     http,
     async close() {
@@ -248,6 +256,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
       info({}, 'shutting down');
       await Promise.all([tcp.close(), http?.close()]);
       await pool.close();
+      await audit?.close();
       keyring.close();
       tokens?.close();
       tlsFiles?.close();
@@ -255,6 +264,15 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
       info({}, 'stopped');
     },
   };
+}
+
+/** Opens the audit log a configuration names, with its salt (beside the keyring unless --audit-salt-file). */
+export async function openAudit(config: Pick<ServerConfig, 'auditFile' | 'auditSaltFile' | 'auditHmacPlaintext'>, keyringFile: string | null, log: Logger, threaded = process.env.AUDIT_THREAD !== '0'): Promise<AuditLog> {
+  const saltPath = config.auditSaltFile ?? join(dirname(keyringFile!), 'audit.salt');
+  const salt = await loadSalt(saltPath);
+  const audit = await AuditLog.open({ path: config.auditFile!, salt, hmacPlaintext: config.auditHmacPlaintext, log, threaded });
+  log.info({ audit: config.auditFile, salt: saltPath, hmacPlaintext: config.auditHmacPlaintext }, 'audit log open');
+  return audit;
 }
 
 function listenError(err: unknown, host: string, port: number, flag: string): Error {

@@ -90,7 +90,7 @@ t.test('stdin: - and a pipe with no words send bytes exactly; an empty pipe is a
 t.test('usage mistakes: unknown commands are named, with the closest; -v; --ttl', async (t) => {
   const { port } = await start(t);
   const cases: Array<[string[], RegExp]> = [
-    [['enc', 'hello'], /^crypt-client: unknown command enc: the commands are en, de, rw, in \(inspect\), ki, ks, kc, kf, kd, gk, rk, hc; did you mean en\?\n$/],
+    [['enc', 'hello'], /^crypt-client: unknown command enc: the commands are en, de, rw, in \(inspect\), ki, ks, kc, kf, kd, gk, rk, hc, ah \(audit-hash\); did you mean en\?\n$/],
     [['encrypt', 'x'], /did you mean en\?/],
     [['decrypt', 'x'], /did you mean de\?/],
     [['inspct', 'x'], /did you mean inspect\?/],
@@ -197,7 +197,7 @@ t.test('the prompted session, piped: every operation, help, and an exit code tha
   const failing = await client(port, [], { stdin: 'de\nbad\nbogus\nenc\nen\nstill works\n' });
   t.equal(failing.code, 1, 'a piped session in which something failed: exit 1');
   t.match(failing.err, /error: invalid_token: invalid token/, 'a server error is shown and the session goes on');
-  t.match(failing.err, /unknown operation "bogus": choose en, de, rw, in, ki, ks, kc, kf, kd, gk, rk, hc, help, quit/, 'an unknown operation is explained');
+  t.match(failing.err, /unknown operation "bogus": choose en, de, rw, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit/, 'an unknown operation is explained');
   t.match(failing.err, /unknown operation "enc": .*did you mean en\?/, 'with the closest one');
   t.match(failing.out.toString(), /^gAAAAA/, 'and later operations still run');
   const constructor = await client(port, [], { stdin: 'constructor\ntoString\n' });

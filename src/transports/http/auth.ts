@@ -82,10 +82,10 @@ export const authPlugin = fp<{ dispatcher: Dispatcher; hosts: HostRules }>(async
         const m = /^Bearer +(\S+) *$/i.exec(auth);
         if (!m) return done(new CryptError('unauthorized', 'the Authorization header must be: Bearer <token>'));
         // Node decodes header bytes as latin1: back to the exact bytes sent, as TCP takes them
-        dispatcher.authenticate(req.caller, Buffer.from(m[1]!, 'latin1'));
+        dispatcher.authenticate(req.caller, Buffer.from(m[1]!, 'latin1'), String(req.id));
       }
       // the role is checked before the body is read: a caller who may not run it sends it for nothing
-      if (op) dispatcher.authorize(op, req.caller);
+      if (op) dispatcher.authorize(op, req.caller, String(req.id));
     } catch (err) {
       return done(err as Error);
     }

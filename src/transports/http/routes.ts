@@ -134,7 +134,20 @@ function sendRaw(op: Operation, result: Results[ResultKind], req: FastifyRequest
 
 /** Registers the routes. */
 export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(async (app: FastifyInstance, { dispatcher, maxBatch }) => {
-  const run = (op: Operation, req: FastifyRequest, input: Payload, options: unknown) => dispatcher.dispatch(op, req.caller, input, options, String(req.id));
+  const dispatch = (op: Operation, req: FastifyRequest, input: Payload, options: unknown) => dispatcher.dispatch(op, req.caller, input, options, String(req.id));
+  const audit = dispatcher.audit;
+  // no answer leaves before its audit line is written (src/core/audit.ts): one that may have lost it is refused
+  const recorded = async (mark: number): Promise<void> => {
+    if (audit === null) return;
+    await audit.settled(audit.last);
+    if (audit.failures !== mark) throw audit.unavailable();
+  };
+  const run = async (op: Operation, req: FastifyRequest, input: Payload, options: unknown) => {
+    const mark = audit === null ? 0 : audit.failures;
+    const result = await dispatch(op, req, input, options);
+    await recorded(mark);
+    return result;
+  };
 
   // the role was checked by the route's hook (auth.ts) before the body was read; each item is dispatched, and checked, on its own
   async function batch(op: Operation, req: FastifyRequest, body: Record<string, unknown>, query: Record<string, unknown>) {
@@ -151,14 +164,17 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
       shared[name] = value;
     }
     const out: object[] = [];
+    const mark = audit === null ? 0 : audit.failures;
     for (const raw of items) {
       try {
         const item = itemOf(op, raw, shared);
-        out.push(jsonResult(op, await run(op, req, item.input, item.options), item.base64));
+        out.push(jsonResult(op, await dispatch(op, req, item.input, item.options), item.base64));
       } catch (err) {
         out.push({ error: errorBody(dispatcher.renderError(err, req.caller, op.command, String(req.id))) });
       }
     }
+    // the items' lines are written once, for the whole batch
+    await recorded(mark);
     return { batch: out };
   }
 

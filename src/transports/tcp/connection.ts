@@ -27,6 +27,7 @@ import { COMMAND_LIST, operation } from '../../core/operations.js';
 import type { Operation, ResultKind, Results } from '../../core/operations.js';
 import { newCaller } from '../../core/access.js';
 import type { Caller } from '../../core/access.js';
+import type { AuditLog } from '../../core/audit.js';
 import type { Dispatcher } from '../../core/dispatcher.js';
 import type { MemoryBudget } from '../../core/budget.js';
 import { FrameDecoder, isFault } from '../../wire/frames.js';
@@ -44,6 +45,17 @@ type Chunk = string | Buffer;
 
 interface Slot {
   chunks: Chunk[] | null;
+  /** The audit log's failure count when the request ran, and its last entry when it was answered (see #flush). */
+  mark: number;
+  need: number;
+}
+
+/** Replies written together once the audit log has their lines. */
+interface Held {
+  chunks: Chunk[];
+  bytes: number;
+  replies: number;
+  mark: number;
 }
 
 const sizeOf = (chunks: Chunk[]): number => {
@@ -87,6 +99,13 @@ export class Connection {
   #at = 0;
   #batch: Chunk[] = [];
   #batchBytes = 0;
+  /** Replies in the batch; the audit log's failure count when the first of them ran, and the entry they all wait for. */
+  #batchReplies = 0;
+  #batchMark = 0;
+  #batchNeed = 0;
+  /** A batch waiting for its audit lines; later replies gather in the next. */
+  #held: Held | null = null;
+  readonly #audit: AuditLog | null;
   readonly #slots: Slot[] = [];
   #barrier = false;
   #paused = false;
@@ -107,6 +126,7 @@ export class Connection {
     this.#host = host;
     this.#dispatcher = host.dispatcher;
     this.#budget = host.dispatcher.budget;
+    this.#audit = host.dispatcher.audit ?? null;
     this.#log = host.log;
     this.caller = newCaller('tcp', socket.remoteAddress);
     const dispatcher = this.#dispatcher;
@@ -228,13 +248,13 @@ export class Connection {
 
   /** True while requests must not run: a barrier, too many replies waiting, or a full socket buffer. */
   #blocked(): boolean {
-    return this.#barrier || this.#slots.length >= MAX_QUEUED || this.socket.writableNeedDrain;
+    return this.#barrier || this.#slots.length >= MAX_QUEUED || this.socket.writableNeedDrain || (this.#held !== null && this.#batchBytes >= COPY_LIMIT);
   }
 
   /** Charges what the connection holds now to the budget. */
   #recharge(): void {
     if (this.#ended) return;
-    const held = this.#decoder.buffered + this.#itemsBytes + this.#slotBytes + this.#batchBytes + this.socket.writableLength;
+    const held = this.#decoder.buffered + this.#itemsBytes + this.#slotBytes + this.#batchBytes + (this.#held?.bytes ?? 0) + this.socket.writableLength;
     if (held !== this.#charged) {
       // charged before adjusting: giving back may wake waiters, this connection among them
       const delta = held - this.#charged;
@@ -245,6 +265,7 @@ export class Connection {
 
   #run(frame: Frame): void {
     const op = operation(frame.command);
+    const mark = this.#audit === null ? 0 : this.#audit.failures;
     let result: Results[ResultKind] | Promise<Results[ResultKind]>;
     try {
       if (!op) throw new CryptError('unknown_command', `unknown command ${frame.command}: commands are ${COMMAND_LIST}`);
@@ -254,14 +275,15 @@ export class Connection {
       return;
     }
     if (!(result instanceof Promise)) {
-      this.#reply(encodeResult(render(op, result), BASE64URL.has(op.result)));
+      this.#reply(encodeResult(render(op, result), BASE64URL.has(op.result)), mark);
       return;
     }
-    const slot: Slot = { chunks: null };
+    const slot: Slot = { chunks: null, mark, need: 0 };
     this.#slots.push(slot);
     if (op.barrier) this.#barrier = true;
     const settle = (chunks: Chunk[]): void => {
       slot.chunks = chunks;
+      if (this.#audit !== null) slot.need = this.#audit.last;
       this.#slotBytes += sizeOf(chunks);
     };
     result.then(
@@ -284,26 +306,31 @@ export class Connection {
   }
 
   /** Queues a reply behind any result still pending, else into the batch for the next write. */
-  #reply(chunks: Chunk[]): void {
+  #reply(chunks: Chunk[], mark = this.#audit === null ? 0 : this.#audit.failures): void {
+    const need = this.#audit === null ? 0 : this.#audit.last;
     if (this.#slots.length > 0) {
-      this.#slots.push({ chunks });
+      this.#slots.push({ chunks, mark, need });
       this.#slotBytes += sizeOf(chunks);
       return;
     }
+    this.#toBatch(chunks, mark, need);
+    if (this.#batchBytes >= COPY_LIMIT) this.#flush();
+  }
+
+  #toBatch(chunks: Chunk[], mark: number, need: number): void {
+    if (this.#batchReplies++ === 0) this.#batchMark = mark;
+    if (need > this.#batchNeed) this.#batchNeed = need;
     for (const c of chunks) {
       this.#batch.push(c);
       this.#batchBytes += c.length;
     }
-    if (this.#batchBytes >= COPY_LIMIT) this.#flush();
   }
 
   #drainSlots(): void {
     while (this.#slots.length > 0 && this.#slots[0]!.chunks) {
-      for (const c of this.#slots.shift()!.chunks!) {
-        this.#batch.push(c);
-        this.#batchBytes += c.length;
-        this.#slotBytes -= c.length;
-      }
+      const slot = this.#slots.shift()!;
+      this.#slotBytes -= sizeOf(slot.chunks!);
+      this.#toBatch(slot.chunks!, slot.mark, slot.need);
     }
     this.#pump();
   }
@@ -313,11 +340,39 @@ export class Connection {
    * errors: all ASCII), else one buffer, except that large batches are corked instead of copied.
    */
   #flush(): void {
+    if (this.#batch.length === 0 || this.#held !== null) return;
+    const audit = this.#audit;
+    if (audit !== null && !audit.written(this.#batchNeed)) {
+      // no answer leaves before its audit line is written: the batch waits, later replies gather behind it
+      const held: Held = { chunks: this.#batch, bytes: this.#batchBytes, replies: this.#batchReplies, mark: this.#batchMark };
+      this.#held = held;
+      this.#batch = [];
+      this.#batchBytes = 0;
+      this.#batchReplies = 0;
+      audit.whenWritten(this.#batchNeed, () => {
+        this.#held = null;
+        this.#write(held.chunks, held.bytes, held.replies, held.mark);
+        this.#pump();
+      });
+      return;
+    }
     const batch = this.#batch;
-    if (batch.length === 0) return;
     this.#batch = [];
     const size = this.#batchBytes;
     this.#batchBytes = 0;
+    const replies = this.#batchReplies;
+    this.#batchReplies = 0;
+    this.#write(batch, size, replies, this.#batchMark);
+  }
+
+  /** Writes replies, or refuses each one whose audit line may be lost. */
+  #write(batch: Chunk[], size: number, replies: number, mark: number): void {
+    const audit = this.#audit;
+    if (audit !== null && audit.failures !== mark) {
+      const refusal = encodeError(audit.unavailable());
+      batch = new Array<Chunk>(replies).fill(refusal);
+      size = refusal.length * replies;
+    }
     if (this.socket.destroyed) return;
     if (batch.every((c) => typeof c === 'string')) {
       this.socket.write(batch.length === 1 ? (batch[0] as string) : batch.join(''), 'latin1');
@@ -376,6 +431,8 @@ export class Connection {
   #finish(): void {
     if (this.#ended || this.#slots.length > 0 || this.#at < this.#items.length) return;
     this.#flush();
+    // a batch waiting for its audit lines ends the connection when it is written (#flush's callback pumps)
+    if (this.#held !== null || this.#batch.length > 0) return;
     // nothing more is decoded or run: only the replies being written stay charged
     this.#decoder.end();
     this.#items = [];
