@@ -11,7 +11,9 @@
  * Results go to bench/results/latest.json (and a dated copy). Servers run as separate processes;
  * the load generators run in this one. Each server figure is the median of its rounds.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fernetTable, runFernet } from './fernet.js';
 import type { CoreResult } from './fernet.js';
@@ -41,10 +43,18 @@ const rounds = quick ? 1 : 3;
 const log = (line: string) => process.stdout.write(line + '\n');
 const PY = '/usr/bin/python3';
 
+const AUDIT_FILE = join(mkdtempSync(join(tmpdir(), 'crypt-bench-')), 'audit.log');
+process.on('exit', () => rmSync(dirname(AUDIT_FILE), { recursive: true, force: true }));
+
 type Server = () => Promise<Running>;
 const SERVERS: Record<string, Server> = {
   crypt: () => startCrypt(),
   'crypt --workers 2': () => startCrypt(['--workers', '2']),
+  // one file, emptied at each start: a round writes about 100 MB of lines
+  'crypt, audit log on': () => {
+    rmSync(AUDIT_FILE, { force: true });
+    return startCrypt(['--audit-file', AUDIT_FILE]);
+  },
   'crypt (compared)': () => startProcess('crypt (compared)', process.execPath, [compare!, ...LEGACY]),
   'plain Node baseline': () => startProcess('plain Node baseline', process.execPath, [PATHS.baseline]),
   'Node, no crypto': () => startProcess('Node, no crypto', process.execPath, [PATHS.baseline, '--no-crypto']),
@@ -81,7 +91,7 @@ interface Scenario {
 
 const SCENARIOS: Scenario[] = [
   { name: 'sequential (8 connections, 1 in flight each)', options: { connections: 8, depth: 1 }, servers: ['crypt', ...(compare ? ['crypt (compared)'] : []), 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
-  { name: 'pipelined (8 connections, 16 in flight each)', options: { connections: 8, depth: 16 }, servers: ['crypt', ...(compare ? ['crypt (compared)'] : []), 'crypt --workers 2', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
+  { name: 'pipelined (8 connections, 16 in flight each)', options: { connections: 8, depth: 16 }, servers: ['crypt', ...(compare ? ['crypt (compared)'] : []), 'crypt --workers 2', 'crypt, audit log on', 'plain Node baseline', 'Node, no crypto', 'asyncio, drain each (idiomatic)', 'asyncio, tuned'] },
   { name: 'connection per request (8 clients)', options: { connections: 8, depth: 1, perRequest: true }, servers: ['crypt', 'plain Node baseline', 'old tool design'] },
   { name: 'sequential, 16 connections (latency)', options: { connections: 16, depth: 1 }, servers: ['crypt'] },
 ];
@@ -222,6 +232,7 @@ function targets(r: Results): Array<{ target: string; measured: string; met: boo
   ratioTarget('TCP pipelined >= 2x plain Node', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'plain Node baseline')?.rps, 2);
   ratioTarget('HTTP >= 0.95x a bare Fastify route with the same Fernet', r.http?.crypt?.rps, r.http?.['bare Fastify, same Fernet']?.rps, 0.95);
   if (compare) ratioTarget('TCP pipelined: the dispatcher costs nothing visible (>= 0.95x the compared build)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'crypt (compared)')?.rps, 0.95);
+  ratioTarget('TCP pipelined with the audit log on >= 0.85x off', tcp(pipe, 'crypt, audit log on')?.rps, tcp(pipe, 'crypt')?.rps, 0.85);
   ratioTarget('TCP pipelined >= 8x asyncio (idiomatic)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'asyncio, drain each (idiomatic)')?.rps, 8);
   ratioTarget('TCP pipelined >= 8x asyncio (tuned)', tcp(pipe, 'crypt')?.rps, tcp(pipe, 'asyncio, tuned')?.rps, 8);
   ratioTarget('TCP sequential >= 1.0x plain Node', tcp(seq, 'crypt')?.rps, tcp(seq, 'plain Node baseline')?.rps, 1.0);

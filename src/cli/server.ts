@@ -185,7 +185,7 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
       if (!created) throw new FileError(`keyring ${keyring.file} exists already; nothing was changed`);
       io.stdout.write(`created ${keyring.file} with the key default (${keyring.current.primary.id}): back it up, it holds every key\n`);
       if (config.auditFile) {
-        audit = await openAudit(config, keyring.file, createLogger('silent', io.stderr), false);
+        audit = await openAudit(config, keyring.file, createLogger('silent', io.stderr));
         line.key = DEFAULT_KEY;
         line.keyId = keyring.current.primary.id;
         if (!(await record('ok'))) throw new FileError(`the keyring was created, but its audit line could not be written to ${config.auditFile}`);
@@ -196,7 +196,7 @@ async function keys(args: Record<string, unknown>, config: ServerConfig, io: Io)
       if (err instanceof FileError && /does not exist/.test(err.message)) throw new FileError(`no keyring at ${config.keyring}: create one with ${PROGRAM} keys init (or start the server with --init)`);
       throw err;
     });
-    if (config.auditFile) audit = await openAudit(config, keyring.file, createLogger('silent', io.stderr), false);
+    if (config.auditFile) audit = await openAudit(config, keyring.file, createLogger('silent', io.stderr));
     const code = await keyAction(action, arg, args, settings, keyring, config, io, line).catch(async (err: unknown) => {
       if (err instanceof FileError || err instanceof CryptError) await record(err instanceof CryptError ? err.code : 'unavailable');
       throw err;

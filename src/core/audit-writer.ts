@@ -1,29 +1,10 @@
 /**
- * The audit log's writer thread (see src/core/audit.ts): turns batches of entries into JSON lines,
- * computing the HMACs of the tokens and plaintexts they carry, and appends each batch to the file
- * in one write. HMACs cost more than the rest of a small request: here they cost the event loop
- * nothing. Never logs: it answers each batch with its outcome and the main thread says the rest.
- *
- * In: `{ seq, time, items }` (a batch: for each entry `json, tokenIn, tokenOut, plaintext`, '' for
- * none; `seq` the last entry's number), `{ fd }` (write there from now on:
- * a reopen), `{ sync: true }`, `{ close: true }` (sync), `{ failWith }` (a test seam).
- * Out: `{ seq, error }` (error null when written), `{ synced: error }`, `{ release: fd }` (the old
- * descriptor of a reopen, synced: the main thread closes it), `{ closed: true }`.
+ * The audit log's writer (see src/core/audit.ts): turns a batch of entries into JSON lines,
+ * computing the HMACs of the tokens and plaintexts they carry, and appends the batch to the file
+ * in one write. Never logs: it answers each batch with its outcome and the log says the rest.
  */
-import { fdatasync, fdatasyncSync, fstatSync, writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import { createHmac, hash } from 'node:crypto';
-import { isMainThread, parentPort, workerData } from 'node:worker_threads';
-
-/** What the main thread gives the writer. */
-export interface WriterData {
-  fd: number;
-  /** The HMAC key of the log. */
-  salt: Uint8Array;
-  /** The descriptor is standard output: never synced, checked or closed. */
-  stdout: boolean;
-  /** Marks the thread as the audit writer. */
-  auditWriter: true;
-}
 
 /** Values up to this many bytes are HMAC'd with the preset blocks; longer ones with createHmac. */
 const INLINE = 4096;
@@ -102,36 +83,4 @@ export class LineWriter {
     }
     return Buffer.from(out, 'latin1');
   }
-}
-
-type Message = BatchMessage | { fd: number } | { sync: true } | { close: true } | { failWith: string | null };
-
-if (!isMainThread && (workerData as WriterData | null)?.auditWriter) {
-  const data = workerData as WriterData;
-  const writer = new LineWriter(data.fd, data.salt, data.stdout);
-  parentPort!.on('message', (msg: Message) => {
-    if ('seq' in msg) {
-      parentPort!.postMessage({ seq: msg.seq, error: writer.write(msg) });
-    } else if ('fd' in msg) {
-      const old = writer.fd;
-      writer.switchTo(msg.fd);
-      // descriptors belong to the main thread, which opened them: it closes them
-      fdatasync(old, () => parentPort!.postMessage({ release: old }));
-    } else if ('sync' in msg) {
-      if (data.stdout) return;
-      fdatasync(writer.fd, (err) => parentPort!.postMessage({ synced: err ? err.code ?? 'error' : null }));
-    } else if ('failWith' in msg) {
-      writer.failWith = msg.failWith;
-    } else {
-      if (!data.stdout) {
-        try {
-          // the last sync waits: a clean shutdown leaves every line on disk
-          fdatasyncSync(writer.fd);
-        } catch {
-          // closing: nothing more to say
-        }
-      }
-      parentPort!.postMessage({ closed: true });
-    }
-  });
 }

@@ -10,11 +10,11 @@
  *   moved since its request began: its line may be among those lost. While the log is failing,
  *   operations that change keys are refused before they run; each refusal's line is a new
  *   attempt, and the first batch written ends the failure.
- * - Buffered: the entries of one turn of the event loop are one batch, handed to a writer thread
- *   (src/core/audit-writer.ts) that computes the HMACs and appends the batch in one write; the
- *   event loop serves other requests meanwhile. "Recorded" means the line is in the operating
- *   system's hands (the page cache) before the answer leaves; it reaches the disk within `syncMs`
- *   (fdatasync, 1 s by default) and at a clean shutdown. A line may record an operation whose
+ * - Buffered: the entries of one turn of the event loop are one batch, rendered with their HMACs
+ *   and appended in one write at the end of that turn (src/core/audit-writer.ts); the answers
+ *   held for it leave right after. "Recorded" means the line is in the operating system's hands
+ *   (the page cache) before the answer leaves; it reaches the disk within `syncMs` (fdatasync off
+ *   the event loop, 1 s by default) and at a clean shutdown. A line may record an operation whose
  *   answer was then refused (answered with a later failed batch): never the reverse.
  * - Never data: tokens, and plaintexts only with --audit-hmac-plaintext, go in as HMAC-SHA256 under
  *   the log's salt (a 32-byte secret file beside the keyring), never in clear; access tokens as an
@@ -27,14 +27,13 @@ import { constants, fdatasync, open as openCb, close as closeCb, fstat as fstatC
 import type { Stats } from 'node:fs';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
-import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { CryptError } from './errors.js';
 import type { Caller } from './access.js';
 import type { Payload } from './operations.js';
 import { FileError, checkDirectory, myUid, readSecret, writeAtomic } from '../keys/files.js';
 import { LineWriter } from './audit-writer.js';
-import type { BatchMessage, WriterData } from './audit-writer.js';
+import type { BatchMessage } from './audit-writer.js';
 
 const openFile = promisify(openCb);
 const closeFile = promisify(closeCb);
@@ -53,8 +52,6 @@ export interface AuditOptions {
   syncMs?: number;
   /** Called once for each write that failed (the metrics count it). */
   onWriteFailure?: () => void;
-  /** Write on a thread of its own (HMACs off the event loop), or on the event loop at the end of its turn. */
-  threaded?: boolean;
 }
 
 /** One line, as the dispatcher knows it. */
@@ -132,12 +129,8 @@ export class AuditLog {
   readonly #salt: Buffer;
   readonly #log: Logger;
   readonly #onWriteFailure: () => void;
-  /** The writer thread, or the writer itself when it runs on the event loop. */
-  readonly #worker: Worker | null;
-  readonly #writer: LineWriter | null;
+  readonly #writer: LineWriter;
   readonly #stdout: boolean;
-  /** The descriptor written to (the main thread opens and closes every one). */
-  #fd: number;
   #items: string[] = [];
   #scheduled = false;
   /** The number of the last entry added, and of the last one written (or lost). */
@@ -146,8 +139,6 @@ export class AuditLog {
   #failures = 0;
   #failing: string | null = null;
   #closed = false;
-  /** The writer thread is gone: every entry is lost. */
-  #dead = false;
   #reopening = false;
   #waiters: Array<{ seq: number; then: () => void }> = [];
   readonly #timer: NodeJS.Timeout | null;
@@ -163,36 +154,19 @@ export class AuditLog {
     this.#log = options.log;
     this.#onWriteFailure = options.onWriteFailure ?? (() => undefined);
     this.#stdout = options.path === '-';
-    this.#fd = fd;
     const key = options.salt.length > 64 ? createHash('sha256').update(options.salt).digest() : options.salt;
-    if (options.threaded ?? true) {
-      const workerData: WriterData = { fd, salt: key, stdout: this.#stdout, auditWriter: true };
-      const worker = (this.#worker = new Worker(new URL('./audit-writer.js', import.meta.url), { workerData }));
-      this.#writer = null;
-      worker.unref();
-      worker.on('message', (msg: { seq: number; error: string | null } | { synced: string | null } | { release: number } | { closed: true }) => {
-        if ('seq' in msg) this.#settle(msg.seq, msg.error);
-        else if ('synced' in msg && msg.synced !== null) this.#failed(msg.synced);
-        else if ('release' in msg) closeCb(msg.release, () => undefined);
-      });
-      worker.on('error', (err) => this.#die(`the audit writer thread failed (${err.message})`));
-      worker.on('exit', () => this.#die('the audit writer thread stopped'));
-    } else {
-      this.#worker = null;
-      this.#writer = new LineWriter(fd, key, this.#stdout);
-    }
+    this.#writer = new LineWriter(fd, key, this.#stdout);
     const syncMs = options.syncMs ?? 1000;
-    let written = 0;
+    let synced = 0;
     this.#timer = syncMs > 0 && !this.#stdout ? setInterval(() => {
-      if (this.#done === written) return;
-      written = this.#done;
-      if (this.#worker) this.#worker.postMessage({ sync: true });
-      else fdatasync(this.#writer!.fd, (err) => err && this.#failed(err.code ?? 'fdatasync'));
+      if (this.#done === synced || this.#closed) return;
+      synced = this.#done;
+      fdatasync(this.#writer.fd, (err) => err && this.#failed(err.code ?? 'fdatasync'));
     }, syncMs) : null;
     this.#timer?.unref();
   }
 
-  /** Opens the log: the file (checked as openAuditFile says) and its writer thread. */
+  /** Opens the log: the file, checked as openAuditFile says. */
   static async open(options: AuditOptions): Promise<AuditLog> {
     const fd = options.path === '-' ? 1 : await openAuditFile(options.path);
     return new AuditLog(options, fd);
@@ -270,17 +244,14 @@ export class AuditLog {
 
   /** Reopens the file at its path (SIGHUP, after logrotate moved it; or the file was removed). */
   async reopen(why: 'signal' | 'removed' = 'signal'): Promise<void> {
-    if (this.#stdout || this.#closed || this.#dead || this.#reopening) return;
+    if (this.#stdout || this.#closed || this.#reopening) return;
     this.#reopening = true;
     try {
       const fd = await openAuditFile(this.path);
-      this.#fd = fd;
-      if (this.#worker) this.#worker.postMessage({ fd });
-      else {
-        const old = this.#writer!.fd;
-        this.#writer!.switchTo(fd);
-        fdatasync(old, () => closeCb(old, () => undefined));
-      }
+      if (this.#closed) return void closeCb(fd, () => undefined);
+      const old = this.#writer.fd;
+      this.#writer.switchTo(fd);
+      fdatasync(old, () => closeCb(old, () => undefined));
       this.#log.info({ audit: this.path, why }, 'audit log reopened');
     } catch (err) {
       const reason = err instanceof FileError ? err.message : (err as Error).message;
@@ -293,36 +264,20 @@ export class AuditLog {
 
   /** Test seam: makes the writer fail every write with an errno code (null: stop failing). */
   injectFailure(code: string | null): void {
-    if (this.#worker) this.#worker.postMessage({ failWith: code });
-    else this.#writer!.failWith = code;
+    this.#writer.failWith = code;
   }
 
-  /** Writes what is queued, syncs it to disk and stops the writer. */
+  /** Writes what is queued, syncs it to disk and closes the file. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#send();
-    await this.settled(this.#added);
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
-    if (this.#dead) return;
-    const worker = this.#worker;
-    if (!worker) {
-      if (this.#stdout) return;
-      const fd = this.#writer!.fd;
-      // the last sync waits: a clean shutdown leaves every line on disk
-      await new Promise<void>((resolve) => fdatasync(fd, () => resolve()));
-      await closeFile(fd);
-      return;
-    }
-    worker.ref();
-    const done = new Promise<void>((resolve) => {
-      worker.on('message', (m: { closed?: true }) => m.closed && resolve());
-      worker.once('exit', () => resolve());
-    });
-    worker.postMessage({ close: true });
-    await done;
-    await worker.terminate();
-    if (!this.#stdout) await closeFile(this.#fd);
+    if (this.#stdout) return;
+    const fd = this.#writer.fd;
+    // the last sync waits: a clean shutdown leaves every line on disk
+    await new Promise<void>((resolve) => fdatasync(fd, () => resolve()));
+    await closeFile(fd);
   }
 
   #send(): void {
@@ -330,16 +285,13 @@ export class AuditLog {
     if (this.#items.length === 0) return;
     const items = this.#items;
     this.#items = [];
-    if (this.#dead) return this.#settle(this.#added, this.#failing ?? 'closed');
     const batch: BatchMessage = { seq: this.#added, time: this.#time(), items };
-    if (!this.#worker) return this.#settle(batch.seq, this.#writer!.write(batch));
-    this.#worker.ref();
-    this.#worker.postMessage(batch);
+    this.#settle(batch.seq, this.#closed ? 'closed' : this.#writer.write(batch));
   }
 
   #settle(seq: number, error: string | null): void {
     if (error === null) {
-      if (this.#failing !== null && !this.#dead) {
+      if (this.#failing !== null) {
         this.#failing = null;
         this.#log.warn({ audit: this.path }, 'audit log writable again: operations are served');
       }
@@ -348,7 +300,6 @@ export class AuditLog {
       if (error === 'removed') void this.reopen('removed');
     }
     this.#done = Math.max(this.#done, seq);
-    if (this.#done === this.#added) this.#worker?.unref();
     if (this.#waiters.length > 0) {
       const due = this.#waiters.filter((w) => w.seq <= this.#done);
       if (due.length > 0) {
@@ -363,13 +314,6 @@ export class AuditLog {
     this.#onWriteFailure();
     if (this.#failing === null) this.#log.error({ audit: this.path, code }, 'audit log cannot be written: operations are refused (unavailable) until a line can be written');
     this.#failing = `the audit log cannot be written (${code})`;
-  }
-
-  #die(reason: string): void {
-    if (this.#closed || this.#dead) return;
-    this.#dead = true;
-    this.#failing = null;
-    this.#settle(this.#added, reason);
   }
 
   #time(): string {

@@ -267,10 +267,10 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
 }
 
 /** Opens the audit log a configuration names, with its salt (beside the keyring unless --audit-salt-file). */
-export async function openAudit(config: Pick<ServerConfig, 'auditFile' | 'auditSaltFile' | 'auditHmacPlaintext'>, keyringFile: string | null, log: Logger, threaded = process.env.AUDIT_THREAD !== '0'): Promise<AuditLog> {
+export async function openAudit(config: Pick<ServerConfig, 'auditFile' | 'auditSaltFile' | 'auditHmacPlaintext'>, keyringFile: string | null, log: Logger): Promise<AuditLog> {
   const saltPath = config.auditSaltFile ?? join(dirname(keyringFile!), 'audit.salt');
   const salt = await loadSalt(saltPath);
-  const audit = await AuditLog.open({ path: config.auditFile!, salt, hmacPlaintext: config.auditHmacPlaintext, log, threaded });
+  const audit = await AuditLog.open({ path: config.auditFile!, salt, hmacPlaintext: config.auditHmacPlaintext, log });
   log.info({ audit: config.auditFile, salt: saltPath, hmacPlaintext: config.auditHmacPlaintext }, 'audit log open');
   return audit;
 }

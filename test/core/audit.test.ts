@@ -1,6 +1,6 @@
 // The audit log on its own: lines and their fields, HMACs equal to createHmac's, the file's checks
 // and its salt, a failed write counted and then healed, a removed file noticed and made again, a
-// reopen after a rename (logrotate), and the same again with the writer on the event loop.
+// reopen after a rename (logrotate).
 import t from 'tap';
 import { createHmac, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -21,12 +21,12 @@ const lines = async (path: string): Promise<Array<Record<string, unknown>>> =>
   (await fs.readFile(path, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
 const hmac = (v: string | Buffer): string => createHmac('sha256', salt).update(v).digest('hex');
 
-for (const threaded of [true, false]) {
-  const mode = threaded ? 'writer thread' : 'event loop';
+{
+  const mode = 'audit';
 
   t.test(`${mode}: a line per entry, with the fields documented and HMACs of tokens and plaintexts`, async (t) => {
     const path = join(tempDir(t), 'audit.log');
-    const audit = await AuditLog.open({ path, salt, hmacPlaintext: true, log: pino({ level: 'silent' }), threaded });
+    const audit = await AuditLog.open({ path, salt, hmacPlaintext: true, log: pino({ level: 'silent' }) });
     const long = 'g'.repeat(10_000);
     const n1 = audit.add(entry({ tokenOut: 'tok-out', plaintext: Buffer.from('hello') }));
     const n2 = audit.add(entry({ requestId: 'h2', op: 'rw', tokenIn: Buffer.from(long), tokenOut: 'tok-new' }));
@@ -56,7 +56,7 @@ for (const threaded of [true, false]) {
     const path = join(tempDir(t), 'audit.log');
     const { sink, logs } = logSink();
     let counted = 0;
-    const audit = await AuditLog.open({ path, salt, log: pino({ level: 'info' }, sink), threaded, onWriteFailure: () => counted++ });
+    const audit = await AuditLog.open({ path, salt, log: pino({ level: 'info' }, sink) , onWriteFailure: () => counted++ });
     audit.injectFailure('ENOSPC');
     const before = audit.failures;
     const n = audit.add(entry());
@@ -81,7 +81,7 @@ for (const threaded of [true, false]) {
     const dir = tempDir(t);
     const path = join(dir, 'audit.log');
     const { sink, logs } = logSink();
-    const audit = await AuditLog.open({ path, salt, log: pino({ level: 'info' }, sink), threaded });
+    const audit = await AuditLog.open({ path, salt, log: pino({ level: 'info' }, sink) });
     await audit.settled(audit.add(entry({ requestId: 'a' })));
     await fs.rename(path, join(dir, 'audit.log.1'));
     await audit.reopen();
@@ -112,7 +112,7 @@ t.test('the file: refused when others may read it, when a link or not a file; st
   await t.rejects(openAuditFile(join(dir, 'link.log')), { message: /symbolic link/ }, 'a symlink');
   await fs.mkdir(join(dir, 'd.log'), { mode: 0o700 });
   await t.rejects(openAuditFile(join(dir, 'd.log')), FileError, 'a directory');
-  const stdout = await AuditLog.open({ path: '-', salt, log: pino({ level: 'silent' }), threaded: false });
+  const stdout = await AuditLog.open({ path: '-', salt, log: pino({ level: 'silent' }) });
   t.equal(stdout.path, '-', 'standard output needs no file');
   await stdout.close();
 });
@@ -132,7 +132,7 @@ t.test('the salt: made on first use, 0600, 32 bytes; read back the same; refused
 });
 
 t.test('caller ids: an HMAC of the token digest, the same from the secret or its sha256: form', async (t) => {
-  const audit = await AuditLog.open({ path: '-', salt, log: pino({ level: 'silent' }), threaded: false });
+  const audit = await AuditLog.open({ path: '-', salt, log: pino({ level: 'silent' }) });
   const secret = 'a-secret-token-value';
   const digest = createHmac('sha256', Buffer.alloc(0)).digest(); // any 32 bytes
   t.match(audit.callerIdOf(digest), /^token:[0-9a-f]{16}$/, 'token:<16 hex>');
