@@ -233,7 +233,8 @@ export class Dispatcher {
       bytesOut,
       durationMs: Math.round((performance.now() - start) * 1000) / 1000,
       tokenIn: op.input === 'token' && op.auditValue !== false ? input : null,
-      tokenOut: op.result === 'token' && r !== null ? r.token ?? null : null,
+      // the token made: en, rw, and dk's wrapped key
+      tokenOut: (op.result === 'token' || op.result === 'json') && r !== null ? r.token ?? null : null,
       plaintext: op.input === 'message' && op.auditValue !== false ? input : op.result === 'plaintext' && r !== null ? r.plaintext ?? null : null,
     });
   }

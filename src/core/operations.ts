@@ -15,7 +15,7 @@
  */
 import type { Caller, Policy, Role } from './access.js';
 import type { CryptService, Decrypted, Encrypted, ExportedKey } from './service.js';
-import { decryptWith, encryptWith, rewrapWith } from './service.js';
+import { dataKeyWith, decryptWith, encryptWith, rewrapWith } from './service.js';
 import type { ResolvedKey } from '../keys/keyring.js';
 import type { Readiness } from './health.js';
 import type { AuditLog } from './audit.js';
@@ -54,6 +54,7 @@ export interface Options {
   /** Seconds between automatic rotations; null for off. */
   autoRotate?: number | null | undefined;
   confirm?: boolean | undefined;
+  wrappedOnly?: boolean | undefined;
 }
 
 /** An option an operation takes (`#de,ttl=60#`, `?ttl=60`, `"ttl": 60`). */
@@ -200,6 +201,14 @@ export const OPERATIONS: readonly Operation[] = [
     http: { method: 'POST', path: '/rewrap', example: 'curl --data-binary @token.txt http://{host}/rewrap' },
     roles: ['user'], input: 'token', result: 'token', keyed: true, options: KEYED,
     data: (keys, input) => rewrapWith(keys, input),
+  }),
+  op({
+    command: 'dk', title: 'data key', summary: "a fresh 256-bit data key to encrypt files near the data: the key (base64url) and the key wrapped as a Fernet token under the named key; wrapped_only: the token alone",
+    http: { method: 'POST', path: '/datakey', example: 'curl -X POST http://{host}/datakey' },
+    roles: ['user', 'encrypt'], input: 'none', result: 'json', keyed: true,
+    options: options(['key', KEY], ['context', CONTEXT], ['wrapped_only', option('bool', 'wrappedOnly', 'answer the wrapped key only: for callers that store it for later')]),
+    resultSchema: { type: 'object', properties: { plaintext: { type: 'string', description: 'the 32-byte key, base64url (absent with wrapped_only)' }, token: { type: 'string', description: "a Fernet token of the key's 32 bytes: decrypt it (de) to get the key back" }, key_id: { type: 'string' } } },
+    data: (keys, _input, o) => dataKeyWith(keys, o.wrappedOnly ?? false),
   }),
   op({
     command: 'in', title: 'inspect', summary: "a token's creation time and age, and the key version that verifies it (or that none does); never its plaintext",

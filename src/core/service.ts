@@ -11,6 +11,7 @@
  *   never data. A keyring that can't be written is `unavailable`, with the file's reason kept as
  *   the cause for the log, never in the message.
  */
+import { randomBytes } from 'node:crypto';
 import { decrypt, inspectToken } from '../crypto/fernet.js';
 import { CryptError } from './errors.js';
 import { Health } from './health.js';
@@ -62,6 +63,26 @@ export interface TokenFacts {
 /** Encrypts a message under the primary version. */
 export function encryptWith(keys: ResolvedKey, plaintext: Uint8Array): Encrypted {
   return { token: keys.primary.encrypt(plaintext), keyId: keys.primaryId };
+}
+
+/** A data key (dk): 32 random bytes for encrypting near the data, and the same wrapped under the key. */
+export interface DataKey {
+  /** The key, base64url; absent in the wrapped-only form. */
+  plaintext?: string;
+  /** A Fernet token whose plaintext is the key's 32 bytes. */
+  token: string;
+  key_id: string;
+}
+
+/** Makes a data key; the wrapped-only form never returns the key itself (KMS's GenerateDataKeyWithoutPlaintext). */
+export function dataKeyWith(keys: ResolvedKey, wrappedOnly: boolean): DataKey {
+  const key = randomBytes(32);
+  try {
+    const token = keys.primary.encrypt(key);
+    return wrappedOnly ? { token, key_id: keys.primaryId } : { plaintext: key.toString('base64url'), token, key_id: keys.primaryId };
+  } finally {
+    key.fill(0);
+  }
 }
 
 /** Decrypts a token with the versions that decrypt, optionally refusing tokens older than ttl seconds. */

@@ -90,14 +90,14 @@ t.test('stdin: - and a pipe with no words send bytes exactly; an empty pipe is a
 t.test('usage mistakes: unknown commands are named, with the closest; -v; --ttl', async (t) => {
   const { port } = await start(t);
   const cases: Array<[string[], RegExp]> = [
-    [['enc', 'hello'], /^crypt-client: unknown command enc: the commands are en, de, rw, in \(inspect\), ki, ks, kc, kf, kd, gk, rk, hc, ah \(audit-hash\); did you mean en\?\n$/],
+    [['enc', 'hello'], /^crypt-client: unknown command enc: the commands are en, de, rw, dk, in \(inspect\), ki, ks, kc, kf, kd, gk, rk, hc, ah \(audit-hash\); did you mean en\?\n$/],
     [['encrypt', 'x'], /did you mean en\?/],
     [['decrypt', 'x'], /did you mean de\?/],
     [['inspct', 'x'], /did you mean inspect\?/],
     [['zzzzzz'], /^crypt-client: unknown command zzzzzz: the commands are [^;]+\n$/],
     [['de', '--ttl', 'soon', 'x'], /^crypt-client: --ttl must be a whole number of seconds, 0 or more\n$/],
     [['en', '--ttl', '5', 'x'], /^crypt-client: --ttl goes with de, not en\n$/],
-    [['gk', '--context', 'eA', 'x'], /^crypt-client: --context goes with en, de, rw, in, not gk\n$/],
+    [['gk', '--context', 'eA', 'x'], /^crypt-client: --context goes with en, de, rw, dk, in, not gk\n$/],
     [['en', '--key', 'Bad#Name', 'x'], /^crypt-client: --key must be a key name: 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit\n$/],
     [['en', '--context', 'not base64!', 'x'], /^crypt-client: --context must be base64url of 1 to 256 bytes\n$/],
     [['en', '--key', 'a', '--key', 'b', 'x'], /^crypt-client: --key given more than once\n$/],
@@ -197,7 +197,7 @@ t.test('the prompted session, piped: every operation, help, and an exit code tha
   const failing = await client(port, [], { stdin: 'de\nbad\nbogus\nenc\nen\nstill works\n' });
   t.equal(failing.code, 1, 'a piped session in which something failed: exit 1');
   t.match(failing.err, /error: invalid_token: invalid token/, 'a server error is shown and the session goes on');
-  t.match(failing.err, /unknown operation "bogus": choose en, de, rw, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit/, 'an unknown operation is explained');
+  t.match(failing.err, /unknown operation "bogus": choose en, de, rw, dk, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit/, 'an unknown operation is explained');
   t.match(failing.err, /unknown operation "enc": .*did you mean en\?/, 'with the closest one');
   t.match(failing.out.toString(), /^gAAAAA/, 'and later operations still run');
   const constructor = await client(port, [], { stdin: 'constructor\ntoString\n' });
@@ -211,6 +211,6 @@ t.test('the prompted session offers what the caller may run', async (t) => {
   await fs.writeFile(tokens, `user ${USER}\n`, { mode: 0o600 });
   const { port } = await start(t, { tokensFile: tokens });
   const user = await client(port, [], { stdin: 'gk\nen\nx\n', env: { CRYPT_TOKEN: USER } });
-  t.match(user.err, /unknown operation "gk": choose en, de, rw, in, ki, ks, hc, help, quit\n/, 'a user is not offered gk, rk or key management');
+  t.match(user.err, /unknown operation "gk": choose en, de, rw, dk, in, ki, ks, hc, help, quit\n/, 'a user is not offered gk, rk or key management');
   t.match(user.out.toString(), /^gAAAAA/, 'and runs what it may');
 });

@@ -70,9 +70,9 @@ async function terminalSession(t: Test, port: number, env: NodeJS.ProcessEnv, cw
 
 t.test('the prompted session in a terminal: every operation offered, history, Ctrl-D and Ctrl-C end it', async (t) => {
   const { server, env, home } = await setup(t);
-  const prompt = /operation \(en, de, rw, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit\)> /;
+  const prompt = /operation \(en, de, rw, dk, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit\)> /;
   const first = await terminalSession(t, server.port, env, home, [
-    [/connected to 127\.0\.0\.1:\d+; operations: en, de, rw, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit/, null],
+    [/connected to 127\.0\.0\.1:\d+; operations: en, de, rw, dk, in, ki, ks, kc, kf, kd, gk, rk, hc, ah, help, quit/, null],
     [prompt, 'en\r'],
     [/message> /, 'typed in a terminal\r'],
     [/gAAAAA[A-Za-z0-9_-]+={0,2}\r\n/, null],

@@ -31,7 +31,7 @@ t.test('the table is well-formed', async (t) => {
   for (const o of OPERATIONS) {
     t.match(o.command, /^[a-z]{2}$/, `${o.command}: a two-letter command`);
     t.ok(Boolean(o.data) !== Boolean(o.run), `${o.command}: either a data operation or a main-thread one`);
-    t.ok(!o.data || o.input === 'message' || o.input === 'token', `${o.command}: data operations take a message or a token`);
+    t.ok(!o.data || o.input === 'message' || o.input === 'token' || (o.input === 'none' && o.result === 'json'), `${o.command}: data operations take a message or a token, or make a key from nothing (dk)`);
     t.ok(o.result !== 'json' || o.resultSchema, `${o.command}: a JSON result has a schema`);
     if (o.http) t.match(o.http.example, new RegExp(`\\{host\\}${o.http.path.replace(/\{\w+\}/g, '[a-z0-9._-]+')}(?:[?'"]|$)`), `${o.command}: its example calls its route`);
     t.equal(operation(o.command), o, `${o.command}: found by its command`);
