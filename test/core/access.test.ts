@@ -142,8 +142,8 @@ t.test('Policy: who may do what, from the operations table', async (t) => {
     t.equal(outcome(without, o, null, false), adminOnly ? 'forbidden' : 'ok', `no tokens, remote, ${o.command}`);
   }
   const allowed = (role: Role) => OPERATIONS.filter((o) => outcome(withTokens, o, role, false) === 'ok' && o.roles !== null).map((o) => o.command);
-  t.same(allowed('user'), ['en', 'de', 'rw', 'in', 'ki', 'ks'], 'user: the data operations and reading key facts');
-  t.same(allowed('encrypt'), ['en'], 'encrypt: en only');
+  t.same(allowed('user'), ['en', 'de', 'rw', 'dk', 'in', 'ki', 'ks'], 'user: the data operations and reading key facts');
+  t.same(allowed('encrypt'), ['en', 'dk'], 'encrypt: en, and dk (a data key is an encryption)');
   t.same(allowed('decrypt'), ['de', 'in'], 'decrypt: de and inspect only');
   const noKey = new Policy(tokens, false);
   t.throws(() => noKey.authorize(op('gk'), { ...newCaller('tcp', '127.0.0.1'), role: 'admin' }), { code: 'forbidden', message: /key export is disabled on this server \(--no-get-key\)/ }, '--no-get-key refuses even admins');
