@@ -328,12 +328,17 @@ export class Policy {
   authorize(op: Operation, caller: Caller): void {
     if (op.roles === null) return;
     if (op.exportsKey && !this.getKey) throw new CryptError('forbidden', `key export is disabled on this server (--no-get-key): ${op.command} is refused to everyone`);
+    this.requireRole(op.roles, op.command, caller);
+  }
+
+  /** Throws unless the caller has admin or one of the roles (loopback without tokens counts as admin): for operations, and routes that are not one (GET /metrics). */
+  requireRole(roles: readonly Role[], what: string, caller: Caller): void {
     const role = this.roleOf(caller);
     if (role === null) throw new CryptError('unauthorized', this.#howToAuthenticate(caller));
     if (caller.expires !== null && Date.now() >= caller.expires) throw new CryptError('unauthorized', 'this access token has expired');
-    if (role !== 'admin' && !op.roles.includes(role)) {
-      if (!this.tokens) throw new CryptError('forbidden', `${op.command} is answered to loopback clients only until access tokens are configured`);
-      throw new CryptError('forbidden', `${op.command} needs the ${['admin', ...op.roles].join(' or ')} role`);
+    if (role !== 'admin' && !roles.includes(role)) {
+      if (!this.tokens) throw new CryptError('forbidden', `${what} is answered to loopback clients only until access tokens are configured`);
+      throw new CryptError('forbidden', `${what} needs the ${['admin', ...roles].join(' or ')} role`);
     }
   }
 

@@ -56,6 +56,9 @@ export interface DispatchRecord {
 /** Receives every record. */
 export type Observer = (record: DispatchRecord) => void;
 
+/** Hears of requests refused before any operation was chosen (HTTP's per-address rate limit). */
+export type RefusalObserver = (transport: Caller['transport'], code: 'rate_limited') => void;
+
 /** What a dispatcher is made of. */
 export interface DispatcherOptions {
   service: CryptService;
@@ -93,6 +96,7 @@ export class Dispatcher {
   readonly audit: AuditLog | null;
   readonly #pool: CryptoPool | null;
   readonly #observers: Observer[] = [];
+  readonly #refusalObservers: RefusalObserver[] = [];
   readonly #logged = new WeakSet<Error>();
   #seq = 0;
   /** The options checked for each cached TCP head (see #checkOptions). */
@@ -122,6 +126,16 @@ export class Dispatcher {
     this.#observers.push(observer);
   }
 
+  /** Adds an observer of refusals made before any operation was chosen. */
+  observeRefusals(observer: RefusalObserver): void {
+    this.#refusalObservers.push(observer);
+  }
+
+  /** Reports a refusal made before any operation was chosen (a transport's own limit). */
+  refused(transport: Caller['transport'], code: 'rate_limited'): void {
+    for (const o of this.#refusalObservers) o(transport, code);
+  }
+
   /** The largest payload a command may carry, for a decoder to bound what it buffers. */
   limitOf(command: string): number {
     const op = operation(command);
@@ -134,7 +148,9 @@ export class Dispatcher {
       this.policy.authorize(op, caller);
     } catch (err) {
       const e = this.renderError(err, caller, op.command, requestId);
-      if (this.audit !== null && op.audited !== false) this.#refused(this.audit, op.command, caller, requestId ?? this.#nextId(), e.code);
+      const id = requestId ?? this.#nextId();
+      if (this.#observers.length > 0) this.#report(id, op, caller, EMPTY, 0, performance.now(), e.code, null);
+      if (this.audit !== null && op.audited !== false) this.#refused(this.audit, op.command, caller, id, e.code);
       throw e;
     }
   }
@@ -145,7 +161,9 @@ export class Dispatcher {
       return this.policy.authenticate(caller, secret);
     } catch (err) {
       const e = this.renderError(err, caller, 'au', requestId);
-      if (this.audit !== null) this.#refused(this.audit, 'au', caller, requestId ?? this.#nextId(), e.code);
+      const id = requestId ?? this.#nextId();
+      if (this.#observers.length > 0) this.#report(id, operation('au')!, caller, EMPTY, 0, performance.now(), e.code, null);
+      if (this.audit !== null) this.#refused(this.audit, 'au', caller, id, e.code);
       throw e;
     }
   }

@@ -31,6 +31,10 @@ interface Pending {
 interface Thread {
   worker: Worker;
   pending: Map<number, Pending>;
+  /** Jobs this thread has finished. */
+  done: number;
+  /** Its number, for metrics: 1, 2... in the order threads started. */
+  index: number;
 }
 
 /** The default number of threads: the cores, shared by the server processes, at most 4. */
@@ -42,6 +46,7 @@ export class CryptoPool {
   readonly #script: URL;
   readonly #threads: Thread[] = [];
   #next = 0;
+  #started = 0;
   #closed = false;
 
   /** @param script the worker's entry point (a seam for tests) */
@@ -61,6 +66,11 @@ export class CryptoPool {
   /** Threads running now. */
   get threads(): number {
     return this.#threads.length;
+  }
+
+  /** What each running thread is doing, for metrics: jobs waiting or running, jobs done, and its event-loop utilization since it started. */
+  stats(): Array<{ thread: number; queued: number; done: number; utilization: number }> {
+    return this.#threads.map((t) => ({ thread: t.index, queued: t.pending.size, done: t.done, utilization: t.worker.performance.eventLoopUtilization().utilization }));
   }
 
   /** Stops every thread; later jobs fail. */
@@ -96,10 +106,11 @@ export class CryptoPool {
     if (best && (best.pending.size === 0 || this.#threads.length >= this.#size)) return best;
     const worker = new Worker(this.#script);
     worker.unref();
-    const thread: Thread = { worker, pending: new Map() };
+    const thread: Thread = { worker, pending: new Map(), done: 0, index: ++this.#started };
     worker.on('message', (r: ResultMessage) => {
       const p = thread.pending.get(r.id);
       thread.pending.delete(r.id);
+      thread.done++;
       if (thread.pending.size === 0) worker.unref();
       p?.resolve(r);
     });

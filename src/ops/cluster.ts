@@ -12,6 +12,8 @@
  *   with one line saying so.
  * - SIGINT/SIGTERM: each worker is told to shut down gracefully; the primary exits 0 when all have.
  * - Key changes reach every worker through the keyring file (each one watches it).
+ * - Metrics: the primary aggregates every worker's registry (prom-client's AggregatorRegistry),
+ *   for a worker's GET /metrics (asked over IPC) and on --metrics-port, which the primary serves.
  * - One worker is the lead and logs routine lines (listening, keys changed); the others log
  *   them at debug, so n workers don't print every line n times. A dead lead's replacement leads.
  */
@@ -21,6 +23,7 @@ import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { openKeyring } from './startup.js';
+import { METRICS_REQUEST, clusterMetrics, serveMetrics } from './metrics.js';
 import type { ServerConfig } from './config.js';
 
 /** The message a worker sends once it listens. */
@@ -47,9 +50,20 @@ export async function runPrimary(config: ServerConfig, log: Logger, signals: Nod
   if (created) log.warn({ keyring: keyring.file }, 'created a new keyring: back it up, it holds every key');
   let stopping = false;
   const ready = new Set<Worker>();
+  const scrape = config.metrics ? clusterMetrics() : null;
   cluster.on('message', (worker: Worker, msg: unknown) => {
     if (msg === READY) ready.add(worker);
+    const m = msg as { type?: unknown; id?: unknown } | null;
+    if (scrape && m?.type === METRICS_REQUEST && typeof m.id === 'number') {
+      const id = m.id;
+      scrape().then(
+        (text) => !worker.isDead() && worker.send({ type: METRICS_REQUEST, id, text }),
+        (err: Error) => !worker.isDead() && worker.send({ type: METRICS_REQUEST, id, error: err.message }),
+      );
+    }
   });
+  const metricsServer = scrape && config.metricsPort !== undefined ? await serveMetrics(config.metricsPort, config.metricsHost, scrape, log) : null;
+  if (metricsServer) log.info({ proto: 'metrics', host: config.metricsHost, port: (metricsServer.address() as { port: number }).port }, 'listening');
   let lead: Worker = cluster.fork({ [LEAD]: '1' });
   const workers = [lead, ...Array.from({ length: config.workers - 1 }, () => cluster.fork())];
   const started = await new Promise<boolean>((resolve) => {
@@ -77,6 +91,7 @@ export async function runPrimary(config: ServerConfig, log: Logger, signals: Nod
     await Promise.all(alive.map((w) => (w.isDead() ? null : once(w, 'exit'))));
   };
   if (!started) {
+    metricsServer?.close();
     await stopAll(null);
     return 1;
   }
@@ -119,6 +134,7 @@ export async function runPrimary(config: ServerConfig, log: Logger, signals: Nod
   if (config.auditFile) signals.on('SIGHUP', hangup);
   const signalled = Promise.race([once(signals, 'SIGINT'), once(signals, 'SIGTERM')]).then(([signal]) => signal as string | undefined);
   const outcome = await Promise.race([gaveUp.then((code) => ({ code })), signalled.then((signal) => ({ signal }))]);
+  metricsServer?.close();
   if ('code' in outcome) {
     signals.off('SIGHUP', hangup);
     return outcome.code;

@@ -73,6 +73,9 @@ export const SERVER: readonly Setting[] = [
   { key: 'authFailures', flag: 'max-auth-failures', env: 'CRYPT_MAX_AUTH_FAILURES', kind: 'count', default: 30, describe: 'failed authentications per address per minute, TCP and HTTP together, before its attempts are refused (0: no limit)' },
   { key: 'rotateLimit', flag: 'rotate-limit', env: 'CRYPT_ROTATE_LIMIT', kind: 'count', default: 10, describe: 'rotations per minute through rk and POST /keys/rotate (0: no limit)' },
   { key: 'workers', flag: 'workers', env: 'CRYPT_WORKERS', kind: 'count', default: 1, min: 1, describe: 'server processes sharing the ports' },
+  { key: 'metrics', flag: 'metrics', env: 'CRYPT_METRICS', kind: 'boolean', default: true, describe: 'count requests for Prometheus: GET /metrics on the HTTP port (admin or loopback) and --metrics-port (--no-metrics: neither)' },
+  { key: 'metricsPort', flag: 'metrics-port', env: 'CRYPT_METRICS_PORT', kind: 'port', default: null, describe: 'also serve GET /metrics alone on this port, without authentication (with --workers: every worker together)' },
+  { key: 'metricsHost', flag: 'metrics-host', env: 'CRYPT_METRICS_HOST', kind: 'string', default: '127.0.0.1', describe: 'address of --metrics-port' },
   { key: 'auditFile', flag: 'audit-file', env: 'CRYPT_AUDIT_FILE', kind: 'path', default: null, describe: 'audit log: a JSON line per operation, appended (- for standard output); operations are refused when their line cannot be written' },
   { key: 'auditHmacPlaintext', flag: 'audit-hmac-plaintext', env: 'CRYPT_AUDIT_HMAC_PLAINTEXT', kind: 'boolean', default: false, describe: 'the audit log also records an HMAC of each plaintext that goes in or comes out' },
   { key: 'auditSaltFile', flag: 'audit-salt-file', env: 'CRYPT_AUDIT_SALT_FILE', kind: 'path', default: null, describe: "the audit log's HMAC key, made on first use (default: audit.salt beside the keyring)" },
@@ -212,6 +215,9 @@ export interface ServerConfig {
   authFailures: number;
   rotateLimit: number;
   workers: number;
+  metrics: boolean;
+  metricsPort: number | undefined;
+  metricsHost: string;
   auditFile: string | undefined;
   auditHmacPlaintext: boolean;
   auditSaltFile: string | undefined;
@@ -246,6 +252,7 @@ export function serverConfig(sources: Sources): ServerConfig {
     throw new ConfigError(`--memory-budget (${config.memoryBudget}) must be at least 8 times --max-frame (${config.maxFrame}): a request in flight is held about four times over (a JSON body of a largest message, charged three times)`);
   }
   config.allowedHosts ??= [];
+  if (config.metricsPort !== undefined && !config.metrics) throw new ConfigError('--metrics-port needs metrics: drop --no-metrics');
   if (config.auditFile === undefined && (config.auditHmacPlaintext || config.auditSaltFile !== undefined)) {
     throw new ConfigError(`${config.auditHmacPlaintext ? '--audit-hmac-plaintext' : '--audit-salt-file'} needs --audit-file`);
   }

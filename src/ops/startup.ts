@@ -26,6 +26,9 @@ import { Dispatcher } from '../core/dispatcher.js';
 import { CryptoPool, defaultThreads } from '../core/pool.js';
 import { MemoryBudget } from '../core/budget.js';
 import { AuditLog, loadSalt } from '../core/audit.js';
+import cluster from 'node:cluster';
+import type { Server as PlainHttpServer } from 'node:http';
+import { Metrics, askPrimary, serveMetrics, shareWithPrimary } from './metrics.js';
 import { TcpServer } from '../transports/tcp/server.js';
 import type { TcpOptions } from '../transports/tcp/server.js';
 import type { HttpServer } from '../transports/http/app.js';
@@ -53,6 +56,8 @@ export interface RunningServer {
   dispatcher: Dispatcher;
   /** The audit log (--audit-file), or null. */
   audit: AuditLog | null;
+  /** The metrics (null with --no-metrics). */
+  metrics: Metrics | null;
   tcp: TcpServer;
   http: HttpServer | null;
   /** Stops accepting, answers what was received, closes everything. */
@@ -154,7 +159,8 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     info({ configured: config.maxConnections, limit: maxConnections, openFiles: limit }, 'max-connections lowered to fit the open-file limit (raise it with ulimit -n or LimitNOFILE=)');
   }
 
-  const audit = config.auditFile ? await openAudit(config, keyring.file, log) : null;
+  let metrics: Metrics | null = null;
+  const audit = config.auditFile ? await openAudit(config, keyring.file, log, () => metrics?.auditWriteFailure()) : null;
   const pool = new CryptoPool(defaultThreads(config.workers));
   const service = new CryptService(keyring, { maxKeys: config.maxKeys });
   const throttle = new AuthThrottle({ perConnection: 3, perPeer: config.authFailures, windowMs: 60_000 }, (r) =>
@@ -163,6 +169,13 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
   const policy = new Policy(tokens, config.getKey, throttle);
   const budget = new MemoryBudget(config.memoryBudget);
   const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, pool, log, limitedPerMinute: config.rotateLimit, budget, audit });
+  const connections = new Map<'tcp' | 'http', () => number | Promise<number>>();
+  if (config.metrics) {
+    metrics = new Metrics({ dispatcher, keyring, pool, connections });
+    if (cluster.isWorker) shareWithPrimary(metrics);
+  }
+  // with --workers, a worker's GET /metrics answers for every worker: the primary aggregates them
+  const scrape = metrics ? (cluster.isWorker ? askPrimary : () => metrics!.text()) : null;
   if (audit) service.health.add('audit', () => (audit.failing === null ? null : 'the audit log cannot be written: operations are refused until it can; the server log says why'));
 
   const limits = {
@@ -182,6 +195,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     await audit?.close();
     throw listenError(err, config.host, config.port, '--port');
   }
+  connections.set('tcp', () => tcp.connections);
   const where = [`tcp${tls ? '+tls' : ''} ${config.host}:${tcp.address.port}`];
   info({ proto: tls ? 'tcp+tls' : 'tcp', host: config.host, port: tcp.address.port }, 'listening');
 
@@ -190,7 +204,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     // loaded only when asked for: Fastify and its plugins cost about 20 MB of memory
     const { listenHttp } = await import('../transports/http/app.js');
     try {
-      http = await listenHttp(dispatcher, { ...limits, port: config.httpPort, rateLimit: config.rateLimit, maxBatch: config.maxBatch, allowedHosts: config.allowedHosts }, log);
+      http = await listenHttp(dispatcher, { ...limits, port: config.httpPort, rateLimit: config.rateLimit, maxBatch: config.maxBatch, allowedHosts: config.allowedHosts, metrics: scrape }, log);
     } catch (err) {
       await tcp.close();
       await pool.close();
@@ -198,7 +212,24 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
       throw listenError(err, config.host, config.httpPort, '--http-port');
     }
     where.push(`${tls ? 'https' : 'http'} ${config.host}:${http.address.port}`);
+    const server = http.app.server;
+    connections.set('http', () => new Promise<number>((resolve) => server.getConnections((err, n) => resolve(err ? 0 : n))));
     info({ proto: tls ? 'https' : 'http', host: config.host, port: http.address.port }, 'listening');
+  }
+  // with --workers the primary serves --metrics-port, for every worker
+  let metricsServer: PlainHttpServer | null = null;
+  if (scrape && config.metricsPort !== undefined && !cluster.isWorker) {
+    try {
+      metricsServer = await serveMetrics(config.metricsPort, config.metricsHost, scrape, log);
+    } catch (err) {
+      await Promise.all([tcp.close(), http?.close()]);
+      await pool.close();
+      await audit?.close();
+      throw listenError(err, config.metricsHost, config.metricsPort, '--metrics-port');
+    }
+    const port = (metricsServer.address() as { port: number }).port;
+    where.push(`metrics ${config.metricsHost}:${port}`);
+    info({ proto: 'metrics', host: config.metricsHost, port }, 'listening');
   }
   if (!log.isLevelEnabled('info') && !options.quiet) say(`listening: ${where.join(', ')}`);
   // readiness (hc, GET /ready): each listener accepts connections
@@ -249,12 +280,13 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
     service,
     dispatcher,
     audit,
+    metrics,
     tcp,
     http,
     async close() {
       clearInterval(rotation);
       info({}, 'shutting down');
-      await Promise.all([tcp.close(), http?.close()]);
+      await Promise.all([tcp.close(), http?.close(), new Promise((resolve) => (metricsServer ? metricsServer.close(resolve) : resolve(null)))]);
       await pool.close();
       await audit?.close();
       keyring.close();
@@ -267,10 +299,10 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
 }
 
 /** Opens the audit log a configuration names, with its salt (beside the keyring unless --audit-salt-file). */
-export async function openAudit(config: Pick<ServerConfig, 'auditFile' | 'auditSaltFile' | 'auditHmacPlaintext'>, keyringFile: string | null, log: Logger): Promise<AuditLog> {
+export async function openAudit(config: Pick<ServerConfig, 'auditFile' | 'auditSaltFile' | 'auditHmacPlaintext'>, keyringFile: string | null, log: Logger, onWriteFailure?: () => void): Promise<AuditLog> {
   const saltPath = config.auditSaltFile ?? join(dirname(keyringFile!), 'audit.salt');
   const salt = await loadSalt(saltPath);
-  const audit = await AuditLog.open({ path: config.auditFile!, salt, hmacPlaintext: config.auditHmacPlaintext, log });
+  const audit = await AuditLog.open({ path: config.auditFile!, salt, hmacPlaintext: config.auditHmacPlaintext, log, onWriteFailure });
   log.info({ audit: config.auditFile, salt: saltPath, hmacPlaintext: config.auditHmacPlaintext }, 'audit log open');
   return audit;
 }

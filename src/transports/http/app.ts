@@ -32,6 +32,8 @@ export interface HttpOptions extends ListenOptions {
   maxBatch: number;
   /** Host names served besides loopback and the listener's address; `*` for any. */
   allowedHosts: readonly string[];
+  /** Prometheus metrics in the text format, for GET /metrics (admin or loopback); none when absent. */
+  metrics?: (() => Promise<string>) | null;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -88,6 +90,17 @@ export async function buildHttp(dispatcher: Dispatcher, options: HttpOptions, lo
   await app.register(swaggerUi, { routePrefix: '/docs' });
   await app.register(routesPlugin, { dispatcher, maxBatch: options.maxBatch });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  const metrics = options.metrics;
+  if (metrics) {
+    // what Prometheus scrapes: admin, or loopback without access tokens (as key management); not rate limited
+    app.get('/metrics', { schema: { hide: true }, config: { rateLimit: false } }, async (req, reply) => {
+      dispatcher.policy.requireRole([], 'GET /metrics', req.caller);
+      const text = await metrics().catch((err: unknown) => {
+        throw new CryptError('unavailable', 'metrics could not be gathered; the server log says why', { cause: err });
+      });
+      return reply.type('text/plain; version=0.0.4; charset=utf-8').send(text);
+    });
+  }
   return app;
 }
 

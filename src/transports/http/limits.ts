@@ -76,7 +76,7 @@ export const limitsPlugin = fp<{ dispatcher: Dispatcher; limits: HttpLimits }>(a
       timeWindow: 1000,
       hook: 'onRequest',
       keyGenerator: (req) => req.socket.remoteAddress ?? '',
-      errorResponseBuilder: (_req, ctx) => new CryptError('rate_limited', `too many requests from this address: at most ${ctx.max} per second; retry after ${Math.ceil(ctx.ttl / 1000)} s`),
+      errorResponseBuilder: (_req, ctx) => (dispatcher.refused('http', 'rate_limited'), new CryptError('rate_limited', `too many requests from this address: at most ${ctx.max} per second; retry after ${Math.ceil(ctx.ttl / 1000)} s`)),
     });
   }
 
