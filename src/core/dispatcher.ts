@@ -35,6 +35,7 @@ import type { AuditLog } from './audit.js';
 
 /** What the dispatcher reports of each request: never data. */
 export interface DispatchRecord {
+  /** '' for a successful TCP request when nothing shows ids (no debug log, no audit log). */
   requestId: string;
   transport: Caller['transport'];
   peer: string;
@@ -102,6 +103,8 @@ export class Dispatcher {
   /** The options checked for each cached TCP head (see #checkOptions). */
   readonly #checked = new WeakMap<object, { op: Operation; options: Options }>();
   readonly #limitedPerMinute: number;
+  /** The debug log shows request ids: a successful request needs one. */
+  readonly #idsShown: boolean;
   #limitedRuns: number[] = [];
 
   constructor(options: DispatcherOptions) {
@@ -116,7 +119,8 @@ export class Dispatcher {
     this.audit = options.audit ?? null;
     // refusals for want of an audit line are logged by the audit log, once per failure
     this.#logged.add(AUDIT_FAILURE);
-    if (this.log.isLevelEnabled('debug')) {
+    this.#idsShown = this.log.isLevelEnabled('debug');
+    if (this.#idsShown) {
       this.observe((r) => this.log.debug({ requestId: r.requestId, transport: r.transport, peer: r.peer, caller: r.caller, op: r.op, keyName: r.key, keyId: r.keyId, outcome: r.outcome, bytesIn: r.bytesIn, bytesOut: r.bytesOut, ms: r.durationMs }, 'request'));
     }
   }
@@ -211,7 +215,8 @@ export class Dispatcher {
     }
     if (!(result instanceof Promise)) {
       if (observed || audit !== null) {
-        const id = requestId ?? this.#nextId();
+        // an id for a successful request is made only for what shows it (the debug log, the audit log)
+        const id = requestId ?? (audit !== null || this.#idsShown ? this.#nextId() : '');
         if (observed) this.#report(id, op, caller, checked, input.length, start, 'ok', result);
         if (audit !== null) this.#record(audit, id, op, caller, checked, input, start, 'ok', result);
       }
@@ -221,7 +226,7 @@ export class Dispatcher {
     return result.then(
       (value) => {
         if (this.#observers.length === 0 && audit === null) return value;
-        const id = requestId ?? this.#nextId();
+        const id = requestId ?? (audit !== null || this.#idsShown ? this.#nextId() : '');
         if (this.#observers.length > 0) this.#report(id, op, caller, checked, sent.length, start, 'ok', value);
         if (audit !== null) this.#record(audit, id, op, caller, checked, sent, start, 'ok', value);
         return value;

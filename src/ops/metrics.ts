@@ -84,7 +84,9 @@ export interface MetricSources {
 /** A server's metrics. */
 export class Metrics {
   readonly registry = new Registry();
-  readonly #cells = new Map<string, Cell>();
+  /** Cells by key version id ('' for none): few per id, found by comparing interned strings. */
+  readonly #cells = new Map<string, Cell[]>();
+  #cellCount = 0;
   readonly #authFailures = new Map<string, number>();
   readonly #rateLimited = new Map<string, number>();
   #auditFailures = 0;
@@ -102,7 +104,7 @@ export class Metrics {
     collectDefaultMetrics({ register: r });
     const info = new Gauge({ name: 'crypt_build_info', help: 'the build: version and Node.js version (always 1)', labelNames: ['version', 'node'], registers: [r], aggregator: 'first' });
     info.set({ version: VERSION, node: process.version }, 1);
-    const cells = () => [...this.#cells.values()];
+    const cells = () => [...this.#cells.values()].flat();
     r.registerMetric(computed('crypt_requests_total', 'requests by operation, transport and outcome (ok or the error code)', 'counter', () => sum(cells(), (c) => ({ op: c.op, transport: c.transport, outcome: c.outcome }), (c) => c.count)));
     r.registerMetric(computed('crypt_request_duration_seconds', 'time in the server per request, by operation and transport', 'histogram', () => histogram('crypt_request_duration_seconds', cells(), (c) => ({ op: c.op, transport: c.transport }), DURATION_BUCKETS, (c) => c.durations, (c) => c.durationSum, (c) => c.count)));
     r.registerMetric(computed('crypt_request_size_bytes', 'payload bytes in per request (message or token), by operation', 'histogram', () => histogram('crypt_request_size_bytes', cells(), (c) => ({ op: c.op }), SIZE_BUCKETS, (c) => c.sizes, (c) => c.sizeSum, (c) => c.count)));
@@ -138,16 +140,22 @@ export class Metrics {
   }
 
   #count(r: DispatchRecord): void {
-    let id = `${r.op}\0${r.transport}\0${r.outcome}\0${r.key ?? ''}\0${r.keyId ?? ''}`;
-    let cell = this.#cells.get(id);
-    if (cell === undefined) {
-      const keyId = this.#cells.size >= MAX_CELLS && r.keyId !== null ? 'other' : r.keyId ?? '';
-      id = `${r.op}\0${r.transport}\0${r.outcome}\0${r.key ?? ''}\0${keyId}`;
-      cell = this.#cells.get(id);
-      if (cell === undefined) {
-        cell = { op: r.op, transport: r.transport, outcome: r.outcome, key: r.key ?? '', keyId, count: 0, durations: new Float64Array(DURATION_BUCKETS.length + 1), durationSum: 0, sizes: new Float64Array(SIZE_BUCKETS.length + 1), sizeSum: 0 };
-        this.#cells.set(id, cell);
+    const key = r.key ?? '';
+    let keyId = r.keyId ?? '';
+    let list = this.#cells.get(keyId);
+    if (list === undefined && this.#cellCount >= MAX_CELLS) list = this.#cells.get((keyId = 'other'));
+    if (list === undefined) this.#cells.set(keyId, (list = []));
+    let cell: Cell | undefined;
+    for (const c of list) {
+      if (c.op === r.op && c.transport === r.transport && c.outcome === r.outcome && c.key === key) {
+        cell = c;
+        break;
       }
+    }
+    if (cell === undefined) {
+      cell = { op: r.op, transport: r.transport, outcome: r.outcome, key, keyId, count: 0, durations: new Float64Array(DURATION_BUCKETS.length + 1), durationSum: 0, sizes: new Float64Array(SIZE_BUCKETS.length + 1), sizeSum: 0 };
+      list.push(cell);
+      this.#cellCount++;
     }
     cell.count++;
     const seconds = r.durationMs / 1000;
