@@ -16,6 +16,7 @@ export const ERRORS = {
   unknown_command: { status: 400, message: 'unknown command' },
   bad_request: { status: 400, message: 'invalid request' },
   invalid_token: { status: 400, message: 'invalid token' },
+  invalid_stream: { status: 400, message: 'invalid stream' },
   unauthorized: { status: 401, message: 'authentication required' },
   forbidden: { status: 403, message: 'not allowed for this role' },
   not_found: { status: 404, message: 'no such route' },
