@@ -20,25 +20,23 @@
  *   stdin is a terminal, where it also has line editing and history; Ctrl-C and Ctrl-D end it.
  */
 import yargs from 'yargs';
-import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { CLIENT, ConfigError, clientConfig } from '../ops/config.js';
-import type { ClientConfig } from '../ops/config.js';
-import { CryptClient, ConnectionError, ServerError } from '../client/client.js';
+import { CLIENT, ConfigError } from '../ops/config.js';
+import { CryptClient, ServerError } from '../client/client.js';
 import type { ClientOptions } from '../client/client.js';
 import { OPERATIONS, operation } from '../core/operations.js';
 import type { Operation, OptionSpec } from '../core/operations.js';
 import { optionValue } from '../core/dispatcher.js';
 import type { Role } from '../core/access.js';
-import { FileError, readSecret } from '../keys/files.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, closest, complain, flagOptions, parseOrExit, readAll } from './common.js';
 import type { Io } from './common.js';
+import { PROGRAM, connectOptions, report } from './connect.js';
+import { isFileCommand, runFiles } from './files.js';
 
 /** The most stdin read as a message or token: a message of 192 MiB has a token of the largest reply the client reads (MAX_REPLY, 256 MiB). */
 const MAX_STDIN = 192 * 1024 * 1024;
 
-const PROGRAM = 'crypt-client';
 /** The operations a client runs as commands: all but `au`, which the connection does itself. */
 const COMMANDS: readonly Operation[] = OPERATIONS.filter((o) => o.input !== 'secret');
 const ALIASES: ReadonlyMap<string, string> = new Map([['inspect', 'in'], ['audit-hash', 'ah']]);
@@ -144,6 +142,7 @@ function splitArgv(argv: readonly string[]): { head: string[]; words: string[]; 
 
 /** Runs crypt-client; resolves with the exit code. */
 export async function run(argv: string[], io: Io): Promise<number> {
+  if (isFileCommand(argv, VALUED, io)) return runFiles(argv, io);
   const { head, words: tail, afterDashes } = splitArgv(argv);
   const args = await parseOrExit(parser(), head, io, PROGRAM, (message, parsed) => {
     const word = (parsed._ as unknown[])[0];
@@ -155,33 +154,18 @@ export async function run(argv: string[], io: Io): Promise<number> {
     return null;
   });
   if (typeof args === 'number') return args;
-  let config: ClientConfig;
-  let ca: Buffer | undefined;
-  let token: string | undefined;
   const name = (args._ as string[])[0];
   const op = name === undefined ? undefined : commandOf(name)!;
   let requestOptions: Record<string, string>;
   try {
-    // no .env for the client: one in a directory you happen to be in could send your token elsewhere
-    config = clientConfig({ flags: args, env: io.env, dotenv: {} });
     requestOptions = optionsOf(args, op);
-    if (config.ca) ca = await readFile(config.ca).catch((err: NodeJS.ErrnoException) => {
-      throw new ConfigError(`cannot read CA file ${config.ca} (--ca): ${err.code ?? 'error'}`);
-    });
-    token = config.token;
-    if (config.tokenFile) {
-      const bytes = await readSecret(config.tokenFile, 'token file', 64 * 1024);
-      if (bytes === null) throw new ConfigError(`token file ${config.tokenFile} (--token-file) does not exist`);
-      token = bytes.toString('utf8').trim();
-      if (token === '') throw new ConfigError(`token file ${config.tokenFile} (--token-file) is empty`);
-    }
   } catch (err) {
-    if (!(err instanceof ConfigError || err instanceof FileError)) throw err;
+    if (!(err instanceof ConfigError)) throw err;
     complain(io, PROGRAM, err.message);
     return EXIT.usage;
   }
-  if (args.token !== undefined) complain(io, PROGRAM, 'warning: --token puts the secret in the process list, where other local users can read it; use CRYPT_TOKEN or --token-file');
-  const options: ClientOptions = { host: config.host, port: config.port, tls: config.tls, ca, token, timeoutMs: config.timeout * 1000 };
+  const options = await connectOptions(args, io);
+  if (typeof options === 'number') return options;
   if (op === undefined) {
     if (tail.length > 0) {
       complain(io, PROGRAM, `words after -- need a command first: ${PROGRAM} en -- <message>`);
@@ -286,19 +270,6 @@ function write(io: Io, result: string | Buffer | object, alone: boolean): void {
     io.stdout.write(result);
     if ((!alone || io.stdout.isTTY) && result.at(-1) !== 0x0a) io.stdout.write('\n');
   } else io.stdout.write(JSON.stringify(result) + '\n');
-}
-
-function report(io: Io, err: unknown): number {
-  if (err instanceof ServerError) {
-    const hint = err.code === 'unauthorized' && !/CRYPT_TOKEN/.test(err.message) ? ' (send a token with --token-file or CRYPT_TOKEN)' : '';
-    complain(io, PROGRAM, `${err.code}: ${err.message}${hint}`);
-    return EXIT.failed;
-  }
-  if (err instanceof ConnectionError) {
-    complain(io, PROGRAM, err.message);
-    return EXIT.unreachable;
-  }
-  throw err;
 }
 
 /** The prompted session: operation, then message or token, until quit, Ctrl-C or end of input. */

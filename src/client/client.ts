@@ -204,6 +204,14 @@ export class CryptClient {
     return info;
   }
 
+  /** A fresh data key (dk): its 32 bytes and the same wrapped as a Fernet token under the key chosen. */
+  async dataKey(keys?: KeyChoice): Promise<{ key: Buffer; token: string; keyId: string }> {
+    const r = this.#json(await this.request('dk', undefined, choice(keys)), 'a data key') as { plaintext?: unknown; token?: unknown; key_id?: unknown };
+    const key = typeof r.plaintext === 'string' && /^[A-Za-z0-9_-]{43}$/.test(r.plaintext) ? Buffer.from(r.plaintext, 'base64url') : null;
+    if (!key || key.length !== 32 || typeof r.token !== 'string' || !TOKEN.test(r.token) || typeof r.key_id !== 'string') throw this.#unexpected('a data key');
+    return { key, token: r.token, keyId: r.key_id };
+  }
+
   /** A token's creation time and the key version that verifies it (never its plaintext). */
   async inspect(token: string, keys?: KeyChoice): Promise<TokenFacts> {
     const facts = this.#json(await this.request('in', Buffer.from(token, 'latin1'), choice(keys)), 'token facts') as Partial<TokenFacts>;
