@@ -37,8 +37,8 @@ import { isFileCommand, runFiles } from './files.js';
 /** The most stdin read as a message or token: a message of 192 MiB has a token of the largest reply the client reads (MAX_REPLY, 256 MiB). */
 const MAX_STDIN = 192 * 1024 * 1024;
 
-/** The operations a client runs as commands: all but `au`, which the connection does itself. */
-const COMMANDS: readonly Operation[] = OPERATIONS.filter((o) => o.input !== 'secret');
+/** The operations a client runs as commands: all but `au`, which the connection does itself, and the streams (encrypt-file and decrypt-file do their work on the client). */
+const COMMANDS: readonly Operation[] = OPERATIONS.filter((o) => o.input !== 'secret' && o.input !== 'stream');
 const ALIASES: ReadonlyMap<string, string> = new Map([['inspect', 'in'], ['audit-hash', 'ah']]);
 const NAMES = COMMANDS.map((o) => o.command + ([...ALIASES].find(([, c]) => c === o.command)?.[0] ? ` (${[...ALIASES].find(([, c]) => c === o.command)![0]})` : '')).join(', ');
 

@@ -30,6 +30,8 @@ import type { CryptoPool } from './pool.js';
 import { MemoryBudget } from './budget.js';
 import { tokenLength } from '../crypto/fernet.js';
 import { FileError } from '../keys/files.js';
+import { decryptRun, encryptRun } from './streams.js';
+import type { StreamRun } from './streams.js';
 import { AUDIT_FAILURE } from './audit.js';
 import type { AuditLog } from './audit.js';
 
@@ -74,7 +76,19 @@ export interface DispatcherOptions {
   budget?: MemoryBudget;
   /** The audit log: every operation's answer waits for its line (src/core/audit.ts). */
   audit?: AuditLog | null;
+  /** Largest stream accepted (se, sd), in bytes. */
+  maxStream?: number;
 }
+
+/** A stream opened by the dispatcher: its run, and how to report its end (src/core/streams.ts). */
+export interface OpenStream {
+  run: StreamRun;
+  /** Reports the end of the stream (its record and audit line); returns the audit entry to wait for, 0 for none. */
+  done(outcome: string, bytesIn: number, bytesOut: number): number;
+}
+
+/** The default --max-stream: 64 GiB. */
+export const MAX_STREAM = 64 * 1024 ** 3;
 
 /** The largest payload of an operation that takes no message or token. */
 const SMALL = 1024;
@@ -95,6 +109,8 @@ export class Dispatcher {
   readonly budget: MemoryBudget;
   /** The audit log, when there is one. */
   readonly audit: AuditLog | null;
+  /** Largest stream accepted, in bytes. */
+  readonly maxStream: number;
   readonly #pool: CryptoPool | null;
   readonly #observers: Observer[] = [];
   readonly #refusalObservers: RefusalObserver[] = [];
@@ -117,6 +133,7 @@ export class Dispatcher {
     this.#limitedPerMinute = options.limitedPerMinute ?? 0;
     this.budget = options.budget ?? new MemoryBudget(Number.MAX_SAFE_INTEGER);
     this.audit = options.audit ?? null;
+    this.maxStream = options.maxStream ?? MAX_STREAM;
     // refusals for want of an audit line are logged by the audit log, once per failure
     this.#logged.add(AUDIT_FAILURE);
     this.#idsShown = this.log.isLevelEnabled('debug');
@@ -185,6 +202,7 @@ export class Dispatcher {
     let result: Results[K] | Promise<Results[K]>;
     let checked: Options = EMPTY;
     try {
+      if (op.input === 'stream') throw new CryptError('bad_request', `${op.command} is a stream: over TCP send "#${op.command}:<length>#<bytes>#", over HTTP stream the body to ${op.http?.path ?? 'its route'}`);
       this.policy.authorize(op, caller);
       if (op.input === 'message' && typeof input === 'string') input = Buffer.from(input, 'utf8');
       if (op.input === 'token') input = trimToken(input);
@@ -299,7 +317,51 @@ export class Dispatcher {
   }
 
   #limit(op: Operation): number {
-    return op.input === 'message' ? this.maxMessage : op.input === 'token' ? this.maxToken : SMALL;
+    return op.input === 'message' ? this.maxMessage : op.input === 'token' ? this.maxToken : op.input === 'stream' ? this.maxStream : SMALL;
+  }
+
+  /**
+   * Opens a stream (se, sd; src/core/streams.ts), checked as dispatch() checks a request: the
+   * role, the options, the key (sd: the one its header names, when read), the size, the audit
+   * log. `declared` is the stream's length when the transport knows it (TCP's length form).
+   */
+  openStream(op: Operation, caller: Caller, options: unknown, declared: number | null, requestId?: string): OpenStream {
+    const start = performance.now();
+    let checked: Options = EMPTY;
+    const id = requestId ?? this.#nextId();
+    let run: StreamRun | null = null;
+    const done = (outcome: string, bytesIn: number, bytesOut: number): number => {
+      const record: DispatchRecord = {
+        requestId: id, transport: caller.transport, peer: caller.peer,
+        caller: caller.tokenId ? `token:${caller.tokenId}` : caller.loopback ? 'loopback' : 'anonymous',
+        op: op.command, key: run?.key || (op.keyed ? checked.key ?? DEFAULT_KEY : null), keyId: run?.keyId ?? null, outcome, bytesIn, bytesOut,
+        durationMs: Math.round((performance.now() - start) * 1000) / 1000,
+      };
+      for (const o of this.#observers) o(record);
+      if (this.audit === null) return 0;
+      this.audit.add({ requestId: id, caller, op: op.command, key: record.key, keyId: record.keyId, outcome, bytesIn, bytesOut, durationMs: record.durationMs, tokenIn: null, tokenOut: null, plaintext: null });
+      return this.audit.last;
+    };
+    try {
+      if (op.input !== 'stream') throw new CryptError('bad_request', `${op.command} is not a stream`);
+      this.policy.authorize(op, caller);
+      if (options !== null && options !== undefined) checked = this.#checkOptions(op, options);
+      if (declared !== null && declared > this.maxStream) throw new CryptError('too_large', `a stream of ${declared} bytes exceeds the limit of ${this.maxStream} (--max-stream)`);
+      if (op.keyed) this.policy.authorizeKey(caller, checked.key ?? DEFAULT_KEY);
+      if (this.audit !== null && this.audit.failing !== null) throw new CryptError('unavailable', `${op.command} refused: ${this.audit.failing}`, { cause: AUDIT_FAILURE });
+      const context = checked.context ?? null;
+      run = op.command === 'se'
+        ? encryptRun(this.service.resolve(checked.key, context), declared)
+        : decryptRun((name) => {
+            this.policy.authorizeKey(caller, name);
+            return this.service.resolve(name, context);
+          }, declared);
+      return { run, done };
+    } catch (err) {
+      const e = this.renderError(err, caller, op.command, id);
+      done(e.code, 0, 0);
+      throw e;
+    }
   }
 
   #checkSize(op: Operation, input: Payload, caller: Caller): void {

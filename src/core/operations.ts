@@ -21,8 +21,8 @@ import type { Readiness } from './health.js';
 import type { AuditLog } from './audit.js';
 import { CryptError } from './errors.js';
 
-/** What a request carries: a message, a token, an access secret, or nothing. */
-export type InputKind = 'message' | 'token' | 'secret' | 'none';
+/** What a request carries: a message, a token, an access secret, nothing, or a stream of any size (se, sd: src/core/streams.ts). */
+export type InputKind = 'message' | 'token' | 'secret' | 'none' | 'stream';
 
 /** What an operation answers; each transport renders every kind. */
 export interface Results {
@@ -36,6 +36,8 @@ export interface Results {
   json: object;
   /** The role an access secret grants (`ok <role>` over TCP). */
   role: { role: Role };
+  /** A stream's reply, sent as it is made (se, sd): never a value. */
+  stream: never;
 }
 
 /** A result kind. */
@@ -215,6 +217,17 @@ export const OPERATIONS: readonly Operation[] = [
     http: { method: 'POST', path: '/inspect', example: 'curl --data-binary @token.txt http://{host}/inspect' },
     roles: ['user', 'decrypt'], input: 'token', result: 'json', keyed: true, options: KEYED, resultSchema: TOKEN_FACTS,
     run: (ctx, input, o) => ctx.service.inspect(o.key, o.context ?? null, input),
+  }),
+  op({
+    command: 'se', title: 'stream encrypt', summary: 'encrypt a stream of any size into crypt-stream/1 (docs/stream-format.md), answered as it is made: for callers without crypt-client (nc, curl)',
+    http: { method: 'POST', path: '/stream/encrypt', example: 'curl -T big.iso http://{host}/stream/encrypt > big.iso.crypt' },
+    roles: ['user', 'encrypt'], input: 'stream', result: 'stream', keyed: true, options: KEYED,
+  }),
+  op({
+    command: 'sd', title: 'stream decrypt', summary: 'decrypt a crypt-stream/1 stream, answered as each chunk verifies; tampering found late ends the reply before its end (TCP closes, HTTP aborts)',
+    http: { method: 'POST', path: '/stream/decrypt', example: 'curl -T big.iso.crypt http://{host}/stream/decrypt > big.iso' },
+    // its key is the one the stream's header names, checked against the caller's token when read
+    roles: ['user', 'decrypt'], input: 'stream', result: 'stream', options: options(['context', CONTEXT]),
   }),
   op({
     command: 'ki', title: 'list keys', summary: "a key's versions (ids, states, creation times; default: the key default), and every named key the caller may use with its settings; never key material",

@@ -54,6 +54,7 @@ export const SERVER: readonly Setting[] = [
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', default: 'info', describe: `log level: ${LEVELS.join(', ')}` },
   { key: 'logFormat', flag: 'log-format', env: 'CRYPT_LOG_FORMAT', kind: 'format', default: 'auto', describe: 'log format: json, pretty, or auto (pretty on a terminal, else json)' },
   { key: 'maxFrame', flag: 'max-frame', env: 'CRYPT_MAX_FRAME', kind: 'bytes', default: 1048576, describe: 'largest message in bytes (tokens of such messages are accepted too)' },
+  { key: 'maxStream', flag: 'max-stream', env: 'CRYPT_MAX_STREAM', kind: 'bytes', default: 68719476736, describe: 'largest stream through the server (se, sd, /stream/...), in bytes' },
   { key: 'maxBatch', flag: 'max-batch', env: 'CRYPT_MAX_BATCH', kind: 'count', default: 1000, min: 1, describe: 'most items in one HTTP batch' },
   { key: 'maxKeys', flag: 'max-keys', env: 'CRYPT_MAX_KEYS', kind: 'count', default: 64, min: 2, describe: 'most versions of a key that decrypt (primary and active); a rotation past it is refused until old ones are retired' },
   { key: 'memoryBudget', flag: 'memory-budget', env: 'CRYPT_MEMORY_BUDGET', kind: 'bytes', default: 268435456, min: 1048576, describe: 'payload bytes buffered and in flight across all connections; past it, reading pauses and new work gets busy' },
@@ -196,6 +197,7 @@ export interface ServerConfig {
   logLevel: Level;
   logFormat: LogFormat;
   maxFrame: number;
+  maxStream: number;
   maxBatch: number;
   maxKeys: number;
   memoryBudget: number;

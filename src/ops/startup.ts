@@ -168,7 +168,7 @@ export async function startServer(config: ServerConfig, log: Logger, options: St
   );
   const policy = new Policy(tokens, config.getKey, throttle);
   const budget = new MemoryBudget(config.memoryBudget);
-  const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, pool, log, limitedPerMinute: config.rotateLimit, budget, audit });
+  const dispatcher = new Dispatcher({ service, policy, maxMessage: config.maxFrame, pool, log, limitedPerMinute: config.rotateLimit, budget, audit, maxStream: config.maxStream });
   const connections = new Map<'tcp' | 'http', () => number | Promise<number>>();
   if (config.metrics) {
     metrics = new Metrics({ dispatcher, keyring, pool, connections });

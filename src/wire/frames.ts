@@ -19,6 +19,8 @@
  *   front, and never grown by copying (each regrowth used to leave its old buffer as garbage).
  * - Payloads are views; copy them to keep them past the next push().
  * - Messages quote frames ("#gk##") so that an error line read in nc never ends in an instruction.
+ * - Stream commands (se, sd) take the length form only, and their bytes are handed on as they
+ *   arrive (StreamPart), never collected: a stream of any size costs one chunk.
  */
 import { CryptError } from '../core/errors.js';
 
@@ -51,11 +53,24 @@ export interface Fault {
   http?: boolean;
 }
 
+/**
+ * A stream command's request (se, sd), in pieces as its bytes arrive: `start` with its head and
+ * declared length, `data` views (copy to keep them past the next push()), then `end` once the
+ * closing `#` and line break came. A fault between start and end means the stream broke.
+ */
+export type StreamPart =
+  | { stream: 'start'; command: string; options: ReadonlyMap<string, string> | null; length: number }
+  | { stream: 'data'; data: Buffer }
+  | { stream: 'end' };
+
 /** What the decoder yields, in stream order. */
-export type Decoded = Frame | Fault;
+export type Decoded = Frame | Fault | StreamPart;
 
 /** True when a decoded item is a fault rather than a frame. */
 export const isFault = (item: Decoded): item is Fault => 'error' in item;
+
+/** True when a decoded item is part of a stream command's request. */
+export const isStreamPart = (item: Decoded): item is StreamPart => 'stream' in item;
 
 const enum State {
   Head,
@@ -208,10 +223,22 @@ export class FrameDecoder {
   #command = '';
   #options: ReadonlyMap<string, string> | null = null;
   #payload: Buffer = EMPTY;
+  readonly #isStream: (command: string) => boolean;
+  /** The request in progress is a stream's: its bytes are handed on, not collected. */
+  #streaming = false;
 
-  /** @param maxPayload the largest payload accepted, in bytes: one for all, or per command */
-  constructor(maxPayload: number | ((command: string) => number)) {
+  /**
+   * @param maxPayload the largest payload accepted, in bytes: one for all, or per command
+   * @param isStream which commands are streams (their bytes handed on as they arrive)
+   */
+  constructor(maxPayload: number | ((command: string) => number), isStream: (command: string) => boolean = () => false) {
     this.#limitOf = typeof maxPayload === 'number' ? () => maxPayload : maxPayload;
+    this.#isStream = isStream;
+  }
+
+  /** True while a stream's bytes are arriving. */
+  get streaming(): boolean {
+    return this.#streaming;
   }
 
   /** Bytes held for the request in progress (for the memory budget). */
@@ -256,7 +283,8 @@ export class FrameDecoder {
         }
         case State.Body: {
           const take = Math.min(this.#need, b.length - pos);
-          if (!this.#skip) this.#bytes.add(b.subarray(pos, pos + take), this.#bytes.size + this.#need);
+          if (this.#streaming) out.push({ stream: 'data', data: b.subarray(pos, pos + take) });
+          else if (!this.#skip) this.#bytes.add(b.subarray(pos, pos + take), this.#bytes.size + this.#need);
           this.#need -= take;
           pos += take;
           if (this.#need === 0) {
@@ -275,7 +303,8 @@ export class FrameDecoder {
           if (c === CR && this.#state === State.TrailEnd) {
             this.#state = State.TrailLf;
           } else if (c === LF) {
-            if (!this.#skip) out.push(this.#frame(this.#payload));
+            if (this.#streaming) out.push({ stream: 'end' });
+            else if (!this.#skip) out.push(this.#frame(this.#payload));
             this.#reset(State.Head);
           } else {
             return this.#fatal(out, "length form: expected a line break after the closing '#'");
@@ -312,7 +341,8 @@ export class FrameDecoder {
         break;
       case State.TrailEnd:
       case State.TrailLf:
-        if (!this.#skip) out.push(this.#frame(this.#payload));
+        if (this.#streaming) out.push({ stream: 'end' });
+        else if (!this.#skip) out.push(this.#frame(this.#payload));
         break;
       default:
         break;
@@ -365,6 +395,11 @@ export class FrameDecoder {
         this.#state = State.Discard;
         return i + 1;
       }
+      if (this.#isStream(head.command)) {
+        out.push(fault('bad_frame', `${head.command} is a stream: it takes the length form only, "#${head.command}:<length>#<bytes>#" (see docs/protocol.md)`));
+        this.#state = State.Discard;
+        return i + 1;
+      }
       this.#command = head.command;
       this.#options = head.options;
       this.#max = this.#limitOf(head.command);
@@ -389,6 +424,9 @@ export class FrameDecoder {
     if (this.#need > this.#max) {
       out.push(this.#tooLarge());
       this.#skip = true;
+    } else if (this.#isStream(head.command)) {
+      this.#streaming = true;
+      out.push({ stream: 'start', command: head.command, options: head.options, length: this.#need });
     }
     this.#state = this.#need === 0 ? State.TrailHash : State.Body;
     return j + 1;
@@ -429,6 +467,7 @@ export class FrameDecoder {
 
   #reset(state: State): void {
     this.#state = state;
+    this.#streaming = false;
     this.#bytes.take();
     this.#need = 0;
     this.#skip = false;

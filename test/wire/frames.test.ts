@@ -3,12 +3,16 @@ import type { Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { Collector, FrameDecoder, HTTP_ON_TCP, encodeRequest, isFault, parseHead, MAX_HEAD } from '../../src/wire/frames.js';
+import { Collector, FrameDecoder, HTTP_ON_TCP, encodeRequest, isFault, isStreamPart, parseHead, MAX_HEAD } from '../../src/wire/frames.js';
 import type { Decoded } from '../../src/wire/frames.js';
 
 type Item = string; // a compact, comparable rendering of a decoded item
 const show = (d: Decoded): Item =>
-  isFault(d) ? `!${d.error.code}${d.fatal ? ' fatal' : ''}${d.http ? ' http' : ''}` : `${d.command}${d.options ? JSON.stringify(Object.fromEntries(d.options)) : ''}:${d.payload.toString('latin1')}`;
+  isFault(d)
+    ? `!${d.error.code}${d.fatal ? ' fatal' : ''}${d.http ? ' http' : ''}`
+    : isStreamPart(d)
+      ? d.stream === 'start' ? `<${d.command}:${d.length}` : d.stream === 'data' ? `~${d.data.toString('latin1')}` : '>'
+      : `${d.command}${d.options ? JSON.stringify(Object.fromEntries(d.options)) : ''}:${d.payload.toString('latin1')}`;
 
 /** Decodes input split at the given cut points, then ends the stream. */
 function decode(input: Buffer, cuts: number[], max = 100): Item[] {
@@ -115,7 +119,7 @@ t.test('a large payload in many chunks is joined once and exactly', async (t) =>
   const got: Decoded[] = [];
   for (let i = 0; i < input.length; i += 65536) got.push(...dec.push(input.subarray(i, i + 65536)));
   t.equal(got.length, 1, 'one frame');
-  t.ok(!isFault(got[0]!) && got[0]!.payload.equals(payload), 'payload intact');
+  t.ok(!isFault(got[0]!) && !isStreamPart(got[0]!) && got[0]!.payload.equals(payload), 'payload intact');
 });
 
 t.test('parseHead', async (t) => {
@@ -174,7 +178,7 @@ t.test('a frame arriving one byte per chunk costs its bytes, not an object per c
   t.ok(dec.pending, 'a frame is pending');
   t.ok(grown < 8 * 1024 * 1024, `200,000 one-byte chunks held in ${(grown / 1048576).toFixed(1)} MiB of heap (one object each would be 30 MiB or more)`);
   const [frame] = dec.push(Buffer.from('#\n'));
-  t.ok(frame && !isFault(frame) && frame.payload.length === n && frame.payload.every((b) => b === 0x61), 'and the frame comes out whole');
+  t.ok(frame && !isFault(frame) && !isStreamPart(frame) && frame.payload.length === n && frame.payload.every((b) => b === 0x61), 'and the frame comes out whole');
   t.equal(dec.pending, false, 'nothing pending after it');
 });
 
@@ -210,4 +214,33 @@ t.test('the collector gives back the bytes as they came, whatever the parts, and
   const joined = c.take();
   t.equal(joined[0], 9, 'a large part is kept as a view until take(), not copied as it arrives');
   t.equal(joined.length, 128 * 1024 + 10, 'and take() joins them all');
+});
+
+t.test('stream commands: the length form only, their bytes handed on as they arrive, in any split', async (t) => {
+  const isStream = (c: string) => c === 'se' || c === 'sd';
+  const input = Buffer.from('#en#a#\n#se:10#0123456789#\n#se#no#\n#en#b#\n#sd,context=eA:3#xyz#\n');
+  for (const cuts of [[], [1, 2, 3, 9, 10, 11, 14, 15, 20, 25, 26], Array.from({ length: input.length }, (_, i) => i)]) {
+    const dec = new FrameDecoder(100, isStream);
+    const items: Decoded[] = [];
+    let at = 0;
+    for (const cut of [...cuts, input.length]) {
+      items.push(...dec.push(input.subarray(at, cut)));
+      at = cut;
+    }
+    items.push(...dec.end());
+    const shown = items.map(show);
+    const joined: Item[] = [];
+    for (const s of shown) {
+      const last = joined.at(-1);
+      if (s.startsWith('~') && last?.startsWith('~')) joined[joined.length - 1] = last + s.slice(1);
+      else joined.push(s);
+    }
+    t.same(joined, ['en:a', '<se:10', '~0123456789', '>', '!bad_frame', 'en:b', '<sd:3', '~xyz', '>'], `split at ${cuts.length} points: start, data, end; the line form refused`);
+  }
+  const big = new FrameDecoder(1000, isStream);
+  t.same(big.push(Buffer.from('#se:5000#')).map(show), ['!too_large'], 'past the stream limit: too_large from the head');
+  const cut = new FrameDecoder(100, isStream);
+  cut.push(Buffer.from('#se:10#0123'));
+  t.equal(cut.streaming, true, 'streaming while the bytes arrive');
+  t.same(cut.end().map(show), ['!bad_frame'], 'a stream cut short is a fault');
 });

@@ -23,6 +23,7 @@ import { RAW_TYPES, errorBody, errorsPlugin } from './errors.js';
 import { authPlugin } from './auth.js';
 import { jsonLimitOf, limitsPlugin, rawLimitOf } from './limits.js';
 import { routesPlugin } from './routes.js';
+import { streamsPlugin } from './streams.js';
 import { errorSchema } from './schemas.js';
 
 /** The HTTP listener's settings. */
@@ -54,7 +55,9 @@ export async function buildHttp(dispatcher: Dispatcher, options: HttpOptions, lo
     // an idle keep-alive connection closes after keepAliveTimeout; one that never completes a
     // request, after Node's headersTimeout and requestTimeout (408): no per-socket timer is needed
     keepAliveTimeout: options.idleTimeoutMs > 0 ? Math.min(options.idleTimeoutMs, 72_000) : 72_000,
-    requestTimeout: 60_000,
+    // no limit on a whole request: streams (se, sd) take their time; other bodies are collected
+    // within BODY_DEADLINE_MS (limits.ts), and stream bodies may not stall (streams.ts)
+    requestTimeout: 0,
     return503OnClosing: true,
     // x-request-id: the caller's when it is a plain token of at most 64 characters (it goes into
     // the log and back in the reply), else one of ours
@@ -89,6 +92,7 @@ export async function buildHttp(dispatcher: Dispatcher, options: HttpOptions, lo
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   await app.register(routesPlugin, { dispatcher, maxBatch: options.maxBatch });
+  await app.register(streamsPlugin, { dispatcher });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   const metrics = options.metrics;
   if (metrics) {

@@ -144,12 +144,17 @@ function charger(dispatcher: Dispatcher, req: FastifyRequest, per: number): (byt
 }
 
 /** Reads a request body into one buffer, bounded by limit and checked against its Content-Length. */
+/** The longest a request body (not a stream's) may take to arrive whole. */
+export const BODY_DEADLINE_MS = 60_000;
+
 export function collectBody(req: FastifyRequest, payload: Readable, limit: number, done: (err: Error | null, body?: Buffer) => void, charge: (bytes: number) => CryptError | null = () => null): void {
   const declared = req.headers['content-length'] === undefined ? NaN : Number(req.headers['content-length']);
   if (declared > limit) return done(new CryptError('too_large', `request body exceeds the limit of ${limit} bytes`));
   const bytes = new Collector();
   const cap = Number.isNaN(declared) ? limit : declared;
+  const deadline = setTimeout(() => finish(new CryptError('timeout', `the request body did not arrive whole within ${BODY_DEADLINE_MS / 1000} s`)), BODY_DEADLINE_MS);
   const finish = (err: Error | null, body?: Buffer): void => {
+    clearTimeout(deadline);
     payload.off('data', onData);
     payload.off('end', onEnd);
     payload.off('error', onError);

@@ -179,7 +179,8 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
   }
 
   for (const op of OPERATIONS) {
-    if (!op.http) continue;
+    // streams have their own routes (streams.ts): their bodies are never collected
+    if (!op.http || op.input === 'stream') continue;
     for (const path of [op.http.path, ...(op.http.alias ? [op.http.alias] : [])]) {
       app.route({
       method: op.http.method,
@@ -232,7 +233,8 @@ export const routesPlugin = fp<{ dispatcher: Dispatcher; maxBatch: number }>(asy
     // an alias is a path of its own (GET /keys/rotate is 405, not the key named rotate)
     for (const path of [op.http.path, ...(op.http.alias ? [op.http.alias] : [])]) {
       const known = paths.get(path) ?? { allow: [], example: op.http.example };
-      known.allow.push(...(op.http.method === 'GET' ? ['GET', 'HEAD'] : [op.http.method]));
+      // a stream takes PUT too: what curl -T sends
+      known.allow.push(...(op.http.method === 'GET' ? ['GET', 'HEAD'] : op.input === 'stream' ? ['POST', 'PUT'] : [op.http.method]));
       paths.set(path, known);
     }
   }

@@ -31,6 +31,7 @@ export const INPUT_FIELDS: Readonly<Record<InputKind, readonly string[]>> = {
   token: ['token'],
   secret: [],
   none: [],
+  stream: [],
 };
 
 const inputProperties = (kind: InputKind): Record<string, object> =>
@@ -62,6 +63,7 @@ const resultProperties: Record<ResultKind, Record<string, object>> = {
   key: { key: { type: 'string' }, id: { type: 'string' } },
   json: {},
   role: { role: { type: 'string' } },
+  stream: {},
 };
 
 function okResponse(op: Operation): object {

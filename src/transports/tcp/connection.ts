@@ -28,10 +28,10 @@ import type { Operation, ResultKind, Results } from '../../core/operations.js';
 import { newCaller } from '../../core/access.js';
 import type { Caller } from '../../core/access.js';
 import type { AuditLog } from '../../core/audit.js';
-import type { Dispatcher } from '../../core/dispatcher.js';
+import type { Dispatcher, OpenStream } from '../../core/dispatcher.js';
 import type { MemoryBudget } from '../../core/budget.js';
-import { FrameDecoder, isFault } from '../../wire/frames.js';
-import type { Decoded, Frame } from '../../wire/frames.js';
+import { FrameDecoder, isFault, isStreamPart } from '../../wire/frames.js';
+import type { Decoded, Frame, StreamPart } from '../../wire/frames.js';
 import { encodeError, encodeResult } from '../../wire/replies.js';
 
 /** Replies waiting behind a pending result (or not yet written) before requests stop running. */
@@ -57,6 +57,12 @@ interface Held {
   replies: number;
   mark: number;
 }
+
+/** What a stream in progress holds: about a chunk in each direction (src/crypto/stream.ts). */
+const STREAM_HOLD = 2 * (65_536 + 16);
+
+/** The payload bytes a decoded item holds. */
+const sizeOfItem = (item: Decoded): number => (isFault(item) ? 0 : isStreamPart(item) ? (item.stream === 'data' ? item.data.length : 0) : item.payload.length);
 
 const sizeOf = (chunks: Chunk[]): number => {
   let n = 0;
@@ -105,6 +111,10 @@ export class Connection {
   #batchNeed = 0;
   /** A batch waiting for its audit lines; later replies gather in the next. */
   #held: Held | null = null;
+  /** The stream being answered, if any (se, sd). */
+  #stream: (OpenStream & { declared: number; bytesIn: number; bytesOut: number; replying: boolean }) | null = null;
+  /** A stream's closing '#' waits for its audit line: nothing after it runs meanwhile. */
+  #streamEnding = false;
   readonly #audit: AuditLog | null;
   readonly #slots: Slot[] = [];
   #barrier = false;
@@ -130,7 +140,7 @@ export class Connection {
     this.#log = host.log;
     this.caller = newCaller('tcp', socket.remoteAddress);
     const dispatcher = this.#dispatcher;
-    this.#decoder = new FrameDecoder((command) => dispatcher.limitOf(command));
+    this.#decoder = new FrameDecoder((command) => dispatcher.limitOf(command), (command) => operation(command)?.input === 'stream');
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => {
       if (!this.#closing && !this.#halted) this.#take(this.#decoder.end());
@@ -148,6 +158,11 @@ export class Connection {
       if (this.#log.isLevelEnabled('debug')) this.#log.debug({ peer: this.caller.peer }, 'connection closed');
       // nobody is left to answer: what was decoded and not run never runs
       this.#halted = true;
+      if (this.#stream) {
+        // a stream cut off by its caller: recorded as broken
+        this.#stream.done('bad_frame', this.#stream.bytesIn, this.#stream.bytesOut);
+        this.#stream = null;
+      }
       this.#items = [];
       this.#at = 0;
       this.#ended = true;
@@ -192,7 +207,10 @@ export class Connection {
   #onData(chunk: Buffer): void {
     if (this.#closing || this.#halted) return;
     this.#take(this.#decoder.push(chunk));
-    if (this.#decoder.pending) {
+    if (this.#decoder.streaming) {
+      // a stream's deadlines run from its last bytes, not its first: a large one takes its time
+      this.frameSince = this.lastRequest = Date.now();
+    } else if (this.#decoder.pending) {
       if (this.frameSince === 0) this.frameSince = Date.now();
     } else {
       this.frameSince = 0;
@@ -202,7 +220,7 @@ export class Connection {
 
   #take(items: Decoded[]): void {
     if (items.length === 0) return;
-    for (const item of items) if (!isFault(item)) this.#itemsBytes += item.payload.length;
+    for (const item of items) this.#itemsBytes += sizeOfItem(item);
     if (this.#at >= this.#items.length) {
       this.#items = items;
       this.#at = 0;
@@ -224,7 +242,16 @@ export class Connection {
         }
       }
       const item = items[this.#at++]!;
-      if (isFault(item)) {
+      if (isStreamPart(item)) {
+        if (!this.#streamPart(item)) {
+          // a stream starts once every reply before it is out
+          this.#at--;
+          this.#recharge();
+          return;
+        }
+        this.#itemsBytes -= sizeOfItem(item);
+      } else if (isFault(item)) {
+        if (this.#stream) this.#streamFailed(item.error, 'bad_frame');
         if (item.http) this.#host.httpProbe(this.caller.peer);
         this.#reply([encodeError(item.error)]);
         if (item.fatal) this.#halted = true;
@@ -246,15 +273,103 @@ export class Connection {
     this.#recharge();
   }
 
+  /**
+   * One part of a stream (se, sd): its start opens the run through the dispatcher once every
+   * reply before it is out (false: not yet); data goes through the run as it comes; its end sends
+   * the last bytes and, once the audit line is written, the closing '#'. A failure before the
+   * reply began is an error reply (the connection stays usable); after, the connection is closed
+   * without the closing '#': the caller sees the reply cut short.
+   */
+  #streamPart(part: StreamPart): boolean {
+    if (part.stream === 'start') {
+      this.#flush();
+      if (this.#slots.length > 0 || this.#held !== null || this.#batch.length > 0 || this.#streamEnding) return false;
+      this.lastRequest = Date.now();
+      const op = operation(part.command)!;
+      try {
+        const open = this.#dispatcher.openStream(op, this.caller, part.options, part.length);
+        this.#stream = { ...open, declared: part.length, bytesIn: 0, bytesOut: 0, replying: false };
+        this.#streamReply();
+      } catch (err) {
+        // refused: its bytes are skipped as they come (no run to feed)
+        this.#fail(err);
+      }
+      return true;
+    }
+    const stream = this.#stream;
+    if (!stream) return true;
+    try {
+      if (part.stream === 'data') {
+        stream.bytesIn += part.data.length;
+        this.#streamWrite(stream.run.push(part.data));
+        return true;
+      }
+      this.#streamWrite(stream.run.finish());
+    } catch (err) {
+      this.#streamFailed(err, null);
+      return true;
+    }
+    // the end: the closing '#' goes once the stream's audit line is written
+    this.#stream = null;
+    const audit = this.#audit;
+    const mark = audit === null ? 0 : audit.failures;
+    const entry = stream.done('ok', stream.bytesIn, stream.bytesOut);
+    const close = (): void => {
+      this.#streamEnding = false;
+      if (audit !== null && audit.failures !== mark) this.socket.destroy();
+      else if (!this.socket.destroyed) this.socket.write('#\n');
+      this.#pump();
+    };
+    if (audit === null || entry === 0) {
+      this.socket.write('#\n');
+      return true;
+    }
+    this.#streamEnding = true;
+    audit.whenWritten(entry, close);
+    return true;
+  }
+
+  /** Sends `#ok:<m>#` once the reply's length is known (se: at once; sd: after the header). */
+  #streamReply(): void {
+    const stream = this.#stream!;
+    if (stream.replying || stream.run.replyLength === null) return;
+    stream.replying = true;
+    this.socket.write(`#ok:${stream.run.replyLength}#`, 'latin1');
+  }
+
+  #streamWrite(out: Buffer[]): void {
+    const stream = this.#stream!;
+    if (out.length === 0) return;
+    this.#streamReply();
+    for (const b of out) {
+      stream.bytesOut += b.length;
+      this.socket.write(b);
+    }
+  }
+
+  /** A stream failed: an error reply when its reply has not begun, else the connection closes without its end. */
+  #streamFailed(err: unknown, code: string | null): void {
+    const stream = this.#stream!;
+    this.#stream = null;
+    const e = this.#dispatcher.renderError(err, this.caller, null);
+    stream.done(code ?? e.code, stream.bytesIn, stream.bytesOut);
+    if (stream.replying) {
+      this.#halted = true;
+      this.socket.destroy();
+      return;
+    }
+    this.#reply([encodeError(e)]);
+  }
+
   /** True while requests must not run: a barrier, too many replies waiting, or a full socket buffer. */
   #blocked(): boolean {
-    return this.#barrier || this.#slots.length >= MAX_QUEUED || this.socket.writableNeedDrain || (this.#held !== null && this.#batchBytes >= COPY_LIMIT);
+    return this.#barrier || this.#streamEnding || this.#slots.length >= MAX_QUEUED || this.socket.writableNeedDrain || (this.#held !== null && this.#batchBytes >= COPY_LIMIT);
   }
 
   /** Charges what the connection holds now to the budget. */
   #recharge(): void {
     if (this.#ended) return;
-    const held = this.#decoder.buffered + this.#itemsBytes + this.#slotBytes + this.#batchBytes + (this.#held?.bytes ?? 0) + this.socket.writableLength;
+    const held = this.#decoder.buffered + this.#itemsBytes + this.#slotBytes + this.#batchBytes + (this.#held?.bytes ?? 0) + (this.#stream ? STREAM_HOLD : 0) + this.socket.writableLength;
     if (held !== this.#charged) {
       // charged before adjusting: giving back may wake waiters, this connection among them
       const delta = held - this.#charged;
