@@ -154,3 +154,18 @@ t.test('real processes: encrypt-file | decrypt-file through a pipe; the Python r
   const refused = spawnSync('/usr/bin/python3', [REFERENCE, join(dir, 'bad.crypt')], { input: fileKey });
   t.same([refused.status, refused.stdout.length], [1, 0], 'a changed file: exit 1, nothing written');
 });
+
+t.test('the Python reference decryptor reads every fixed vector', async (t) => {
+  const { encodeHeader, payloadKey, StreamEncryptor } = await import('../../src/crypto/stream.js');
+  const vectors = JSON.parse(await fs.readFile(new URL('../fixtures/crypt-stream/vectors.json', import.meta.url), 'utf8')) as Array<{ name: string; file_key: string; nonce: string; key_name: string; token: string; plaintext_size: number; plaintext_byte: number }>;
+  const dir = tempDir(t);
+  for (const v of vectors) {
+    const fk = Buffer.from(v.file_key, 'hex');
+    const n = Buffer.from(v.nonce, 'hex');
+    const e = new StreamEncryptor(payloadKey(fk, n));
+    const plaintext = Buffer.alloc(v.plaintext_size, v.plaintext_byte);
+    await fs.writeFile(join(dir, 'v.crypt'), Buffer.concat([encodeHeader(v.key_name, v.token, n, fk), ...e.push(plaintext), ...e.finish()]));
+    const py = spawnSync('/usr/bin/python3', [REFERENCE, join(dir, 'v.crypt')], { input: fk });
+    t.ok(py.status === 0 && py.stdout.equals(plaintext), `${v.name}: decrypted by the reference ${py.stderr.toString()}`);
+  }
+});

@@ -142,9 +142,9 @@ t.test('Policy: who may do what, from the operations table', async (t) => {
     t.equal(outcome(without, o, null, false), adminOnly ? 'forbidden' : 'ok', `no tokens, remote, ${o.command}`);
   }
   const allowed = (role: Role) => OPERATIONS.filter((o) => outcome(withTokens, o, role, false) === 'ok' && o.roles !== null).map((o) => o.command);
-  t.same(allowed('user'), ['en', 'de', 'rw', 'dk', 'in', 'ki', 'ks'], 'user: the data operations and reading key facts');
-  t.same(allowed('encrypt'), ['en', 'dk'], 'encrypt: en, and dk (a data key is an encryption)');
-  t.same(allowed('decrypt'), ['de', 'in'], 'decrypt: de and inspect only');
+  t.same(allowed('user'), ['en', 'de', 'rw', 'dk', 'in', 'se', 'sd', 'ki', 'ks'], 'user: the data operations, streams and reading key facts');
+  t.same(allowed('encrypt'), ['en', 'dk', 'se'], 'encrypt: en, dk (a data key is an encryption) and se');
+  t.same(allowed('decrypt'), ['de', 'in', 'sd'], 'decrypt: de, inspect and sd');
   const noKey = new Policy(tokens, false);
   t.throws(() => noKey.authorize(op('gk'), { ...newCaller('tcp', '127.0.0.1'), role: 'admin' }), { code: 'forbidden', message: /key export is disabled on this server \(--no-get-key\)/ }, '--no-get-key refuses even admins');
   t.throws(() => withTokens.authorize(op('rk'), { ...newCaller('tcp', '127.0.0.1'), role: 'user' }), { code: 'forbidden', message: 'rk needs the admin role' }, 'messages name the operation as users type it');

@@ -30,10 +30,10 @@ t.test('the table is well-formed', async (t) => {
   t.equal(new Set(routes).size, routes.length, 'each HTTP route once');
   for (const o of OPERATIONS) {
     t.match(o.command, /^[a-z]{2}$/, `${o.command}: a two-letter command`);
-    t.ok(Boolean(o.data) !== Boolean(o.run), `${o.command}: either a data operation or a main-thread one`);
+    t.ok(o.input === 'stream' ? !o.data && !o.run : Boolean(o.data) !== Boolean(o.run), `${o.command}: either a data operation or a main-thread one (a stream is neither: src/core/streams.ts)`);
     t.ok(!o.data || o.input === 'message' || o.input === 'token' || (o.input === 'none' && o.result === 'json'), `${o.command}: data operations take a message or a token, or make a key from nothing (dk)`);
     t.ok(o.result !== 'json' || o.resultSchema, `${o.command}: a JSON result has a schema`);
-    if (o.http) t.match(o.http.example, new RegExp(`\\{host\\}${o.http.path.replace(/\{\w+\}/g, '[a-z0-9._-]+')}(?:[?'"]|$)`), `${o.command}: its example calls its route`);
+    if (o.http) t.match(o.http.example, new RegExp(`\\{host\\}${o.http.path.replace(/\{\w+\}/g, '[a-z0-9._-]+')}(?:[?'" ]|$)`), `${o.command}: its example calls its route`);
     t.equal(operation(o.command), o, `${o.command}: found by its command`);
   }
   t.equal(COMMAND_LIST, commands.join(', '), 'the list for messages');
@@ -70,7 +70,8 @@ t.test('the README lists every operation as the table has it', async (t) => {
     t.equal(row[0], o.title, `${o.command}: its name`);
     t.equal(row[3], http(o), `${o.command}: HTTP route`);
     t.equal(row[4], role(o), `${o.command}: role`);
-    if (o.input !== 'secret') t.match(row[1], `crypt-client ${o.command}`, `${o.command}: the client command`);
+    if (o.input === 'stream') t.match(row[1], `crypt-client ${o.command === 'se' ? 'encrypt' : 'decrypt'}-file`, `${o.command}: the client's own command (it encrypts on the client)`);
+    else if (o.input !== 'secret') t.match(row[1], `crypt-client ${o.command}`, `${o.command}: the client command`);
   }
 });
 

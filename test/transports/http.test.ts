@@ -137,7 +137,7 @@ t.test('GET /key mirrors gk; /health; the OpenAPI document describes every route
   t.match((await app.inject({ method: 'GET', url: '/' })).json(), { service: 'crypt', docs: '/docs' }, 'an index');
   const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as { openapi: string; paths: Record<string, Record<string, { requestBody?: { content: Record<string, unknown> }; responses: Record<string, unknown> }>> };
   t.match(doc.openapi, /^3\./, 'OpenAPI 3');
-  t.same(Object.keys(doc.paths).sort(), ['/audit/hash', '/datakey', '/decrypt', '/encrypt', '/health', '/inspect', '/key', '/keys', '/keys/{key}', '/keys/{key}/config', '/keys/{key}/rotate', '/ready', '/rewrap'], 'every route, and only the real ones (the old /keys/rotate works, undocumented)');
+  t.same(Object.keys(doc.paths).sort(), ['/audit/hash', '/datakey', '/decrypt', '/encrypt', '/health', '/inspect', '/key', '/keys', '/keys/{key}', '/keys/{key}/config', '/keys/{key}/rotate', '/ready', '/rewrap', '/stream/decrypt', '/stream/encrypt'], 'every route, and only the real ones (the old /keys/rotate works, undocumented)');
   for (const url of ['/encrypt', '/decrypt', '/rewrap']) {
     t.same(Object.keys(doc.paths[url]!.post!.requestBody!.content).sort(), [...RAW, 'application/json'].sort(), `${url}: raw and JSON bodies documented`);
     t.ok(doc.paths[url]!.post!.responses['200'] && doc.paths[url]!.post!.responses['413'], `${url}: responses documented`);
