@@ -3,7 +3,7 @@
  *
  *   npm run bench                  the full run (about 15 minutes on 2 cores)
  *   npm run bench -- --quick       shorter measurements, for a first look
- *   npm run bench -- --only tcp    some suites: fernet, tcp, keys, http, memory, attacks
+ *   npm run bench -- --only tcp    some suites: fernet, tcp, keys, http, memory, attacks, streams
  *   npm run bench -- --compare <dist/server/index.js of another build>
  *                                  adds that build as "crypt (compared)" beside crypt in the TCP and
  *                                  HTTP suites (run with the flags both builds know)
@@ -26,6 +26,8 @@ import type { AttackResult } from './memory.js';
 import { keyChoice, keyringLoad, manyContexts } from './keys.js';
 import type { KeyChoiceResult, KeyringLoad } from './keys.js';
 import { PATHS, startCrypt, startProcess } from './servers.js';
+import { runStreams } from './stream.js';
+import type { StreamResult } from './stream.js';
 import type { Running } from './servers.js';
 import { format, machine, median, table } from './stats.js';
 
@@ -107,6 +109,7 @@ interface Results {
   http?: Record<string, HttpResult>;
   memory?: { crypt: { before: number; idle: number; perConnectionKiB: number }; baseline: { before: number; idle: number; perConnectionKiB: number }; largeInFlight: { rps: number; p50: number; p99: number; peakMiB: number; errors: number } };
   attacks?: { budgetMiB: number; pipelineFlood: AttackResult; httpBatchFlood: AttackResult; slowSegments: AttackResult };
+  streams?: StreamResult;
   targets?: Array<{ target: string; measured: string; met: boolean }>;
 }
 
@@ -208,6 +211,13 @@ async function main(): Promise<void> {
     log(table(['attack', 'RSS before MiB', 'peak RSS MiB', 'what happened'], [['TCP pipelined 1 MiB frames, never read', pipeline.beforeMiB, pipeline.peakMiB, pipeline.detail], ['HTTP batches of one 1 MiB item', batches.beforeMiB, batches.peakMiB, batches.detail], ['one byte per TCP segment', segments.beforeMiB, segments.peakMiB, segments.detail]]) + '\n');
   }
 
+  if (want('streams')) {
+    const size = quick ? 256 * 1024 * 1024 : 1024 * 1024 * 1024;
+    log(`Streams (crypt-stream/1), ${size / 1048576} MiB each`);
+    results.streams = await runStreams(size, log);
+    log('');
+  }
+
   results.targets = targets(results);
   if (results.targets.length) {
     log('Targets');
@@ -254,6 +264,22 @@ function targets(r: Results): Array<{ target: string; measured: string; met: boo
     for (const [name, a] of [['TCP pipelined 1 MiB frames', r.attacks.pipelineFlood], ['HTTP 1 MiB batches', r.attacks.httpBatchFlood], ['one-byte segments', r.attacks.slowSegments]] as const) {
       out.push({ target: `${name}: peak RSS < budget + 128 MiB (${bound} MiB)`, measured: `${format(a.peakMiB)} MiB`, met: a.peakMiB < bound });
     }
+  }
+  if (r.streams) {
+    const st = r.streams;
+    const raw = st.rawMBps;
+    const mb = (x: number) => x;
+    ratioTarget('crypt-client encrypt-file >= 0.75x raw ChaCha20-Poly1305 (64 KiB chunks)', mb(st.client.encryptMBps), raw, 0.75);
+    ratioTarget('crypt-client decrypt-file >= 0.75x raw ChaCha20-Poly1305', st.client.decryptMBps, raw, 0.75);
+    ratioTarget('server TCP se, end to end >= 0.40x raw', st.server.tcpEncryptMBps, raw, 0.4);
+    ratioTarget('server TCP sd, end to end >= 0.40x raw', st.server.tcpDecryptMBps, raw, 0.4);
+    ratioTarget('server HTTP PUT /stream/encrypt, end to end >= 0.40x raw', st.server.httpEncryptMBps, raw, 0.4);
+    const rss = (target: string, v: number, max: number) => out.push({ target, measured: `${format((v * 1048576) / 1e6)} MB (${format(v)} MiB)`, met: (v * 1048576) / 1e6 < max });
+    rss(`client RSS < 128 MB while ${st.sizeMiB} MiB streams (encrypt-file)`, st.client.encryptPeakMiB, 128);
+    rss('client RSS < 128 MB (decrypt-file)', st.client.decryptPeakMiB, 128);
+    rss('server RSS < 128 MB while streams run (se, sd, HTTP, one at a time)', st.server.peakMiB, 128);
+    rss('server RSS < 256 MB with 8 concurrent streams', st.server.eightConcurrentPeakMiB, 256);
+    out.push({ target: '100-byte requests beside 4 streams: p99 < 20 ms', measured: `${st.beside.p99.toFixed(2)} ms`, met: st.beside.p99 < 20 });
   }
   if (r.keys) {
     ratioTarget('TCP pipelined with key= >= 0.95x without', r.keys.choice.named.rps, r.keys.choice.none.rps, 0.95);

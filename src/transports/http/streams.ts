@@ -88,10 +88,11 @@ export async function streamsPlugin(app: FastifyInstance, { dispatcher }: { disp
               const chunks = next.done ? open.run.finish() : open.run.push(next.value);
               if (next.done) done = true;
               else bytesIn += next.value.length;
-              for (const b of chunks) {
-                bytesOut += b.length;
-                yield b;
-              }
+              if (chunks.length === 0) continue;
+              // a chunk and its tag in one piece: half the writes, for one 64 KiB copy
+              const piece = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+              bytesOut += piece.length;
+              yield piece;
             }
           } catch (err) {
             fail(err);

@@ -341,10 +341,13 @@ export class Connection {
     const stream = this.#stream!;
     if (out.length === 0) return;
     this.#streamReply();
+    // one writev for a chunk and its tag (and the header)
+    this.socket.cork();
     for (const b of out) {
       stream.bytesOut += b.length;
       this.socket.write(b);
     }
+    this.socket.uncork();
   }
 
   /** A stream failed: an error reply when its reply has not begun, else the connection closes without its end. */
