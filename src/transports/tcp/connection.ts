@@ -244,8 +244,9 @@ export class Connection {
       const item = items[this.#at++]!;
       if (isStreamPart(item)) {
         if (!this.#streamPart(item)) {
-          // a stream starts once every reply before it is out
+          // a stream starts once every reply before it is out; its bytes wait in the socket meanwhile
           this.#at--;
+          this.#pause();
           this.#recharge();
           return;
         }
