@@ -1,5 +1,6 @@
 /** crypt as a library: the pieces an embedding program or a test needs, one import away. */
 export { FernetKey, decrypt, tokenLength } from './crypto/fernet.js';
+export { HeaderReader, StreamDecryptor, StreamEncryptor, StreamError, encodeHeader, payloadKey, plaintextLength, streamLength, verifyHeader } from './crypto/stream.js';
 export { FrameDecoder, encodeRequest } from './wire/frames.js';
 export { ReplyDecoder, encodeError, encodeResult } from './wire/replies.js';
 export { CryptError, ERRORS } from './core/errors.js';
@@ -14,6 +15,9 @@ export { Keyring, KeySet } from './keys/keyring.js';
 export type { KeyStore } from './keys/store.js';
 export { FileStore } from './keys/store.js';
 export { CryptClient, ConnectionError, ProtocolError, ServerError } from './client/client.js';
+export { decryptStream, encryptStream, inspectFile, rewrapFile } from './client/files.js';
+export { AuditLog } from './core/audit.js';
+export { Metrics } from './ops/metrics.js';
 export { startServer } from './ops/startup.js';
 export type { RunningServer } from './ops/startup.js';
 export { serverConfig, clientConfig } from './ops/config.js';
